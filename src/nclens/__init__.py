@@ -1,0 +1,3 @@
+"""nclens: measure, explain and exploit neural collapse."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from nclens.cli import main
+
+main()

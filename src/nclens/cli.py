@@ -1,0 +1,47 @@
+"""The ``nclens`` command line (typer).
+
+Every module in :mod:`nclens.commands` that defines ``register(app: typer.Typer) -> None`` adds
+its sub-commands to the one application; the modules are found by name, so each feature keeps its
+command beside its own code and no central list has to be edited.
+
+Example:
+    $ nclens --help
+    $ nclens measure features.npz --json metrics.json
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+import nclens.commands as _commands
+
+app = typer.Typer(
+    name="nclens",
+    help="Measure, explain and exploit neural collapse.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    for info in sorted(pkgutil.iter_modules(_commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{_commands.__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    """Entry point of the ``nclens`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

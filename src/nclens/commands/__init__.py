@@ -1,0 +1,1 @@
+"""Sub-commands of ``nclens``: each module defines ``register(app)`` (see :mod:`nclens.cli`)."""

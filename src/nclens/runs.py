@@ -1,0 +1,134 @@
+"""Run-folder I/O: atomic writes, JSON/JSONL, recorded versions.
+
+Every file nclens writes goes through :func:`atomic_write_bytes`: the bytes go to a temporary file
+in the same folder, are flushed and fsync'ed, then renamed over the target, so a reader never sees
+a half-written file and a crash leaves the previous version intact.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> write_json(d / "m.json", {"nc1": 0.5})
+    >>> read_json(d / "m.json")["nc1"]
+    0.5
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_json",
+    "read_json",
+    "append_jsonl",
+    "read_jsonl",
+    "to_jsonable",
+    "package_versions",
+]
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert tensors, numpy values, paths and dataclasses to JSON-ready Python objects.
+
+    Non-finite floats become ``None`` (JSON has no NaN); everything else keeps its value.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        torch = None  # type: ignore[assignment]
+    if torch is not None and isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return [to_jsonable(v) for v in value.tolist()] if value.ndim else to_jsonable(value.item())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    return str(value)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON atomically (tensors/arrays converted, NaN written as null)."""
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def append_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> Path:
+    """Append records to a JSONL file atomically (the whole file is rewritten via rename)."""
+    target = Path(path)
+    old = target.read_bytes() if target.exists() else b""
+    new = "".join(json.dumps(to_jsonable(r), allow_nan=False) + "\n" for r in records).encode("utf-8")
+    return atomic_write_bytes(target, old + new)
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read all records of a JSONL file (an empty list when it does not exist)."""
+    target = Path(path)
+    if not target.exists():
+        return []
+    return [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def package_versions(extra: Iterable[str] = ()) -> dict[str, str]:
+    """Versions of Python, the platform and the packages a run depends on (for reproducibility)."""
+    names = ["nclens", "torch", "numpy", "scipy", "scikit-learn", "torch-geometric", "opacus", *extra]
+    versions: dict[str, str] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
