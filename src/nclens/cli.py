@@ -27,6 +27,18 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the nclens version and exit."),
+) -> None:
+    """nclens: measure, explain and exploit neural collapse (see `nclens COMMAND --help`)."""
+    if version:
+        from nclens import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 def _register_all() -> None:
     for info in sorted(pkgutil.iter_modules(_commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{_commands.__name__}.{info.name}")

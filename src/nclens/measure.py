@@ -87,7 +87,7 @@ class CollapseReport:
         return format_table(self.metrics, title="neural collapse per layer")
 
 
-def format_table(metrics: dict[str, dict[str, float]], title: str | None = None) -> str:
+def format_table(metrics: dict[str, dict[str, float]], title: str | None = None, row_header: str = "layer") -> str:
     """Render ``{row: {column: value}}`` as a plain-text table (rich), values in 4 significant digits."""
     from rich.console import Console
     from rich.table import Table
@@ -96,7 +96,7 @@ def format_table(metrics: dict[str, dict[str, float]], title: str | None = None)
     for row in metrics.values():
         columns += [c for c in row if c not in columns]
     table = Table(title=title)
-    table.add_column("layer")
+    table.add_column(row_header)
     for col in columns:
         table.add_column(col, justify="right")
     for name, row in metrics.items():

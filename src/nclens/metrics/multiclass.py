@@ -161,7 +161,10 @@ def _means_svd(m: Tensor) -> tuple[Tensor, Tensor]:
         s = evals.clamp_min(0).sqrt()
     if s.numel() == 0 or float(s[0]) == 0.0:
         raise ValueError("all class means coincide: Σ_B = 0, NC metrics are undefined")
-    tol = s[0] * max(k, d) * torch.finfo(torch.float64).eps * (1.0 if k <= 4096 or d >= k else 1e4)
+    # M̄'s rows sum to zero (centred at μ_G, or weighted-sum to zero), so rank M̄ <= K−1: the K-th
+    # singular value is rounding noise and is dropped structurally; the tolerance drops the rest.
+    s, v = s[: k - 1], v[:, : k - 1]
+    tol = s[0] * max(k, d) * torch.finfo(torch.float64).eps * (10.0 if k <= 4096 or d >= k else 1e5)
     keep = s > tol
     return v[:, keep], s[keep]
 
