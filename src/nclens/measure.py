@@ -95,6 +95,8 @@ def format_table(metrics: dict[str, dict[str, float]], title: str | None = None,
     columns: list[str] = []
     for row in metrics.values():
         columns += [c for c in row if c not in columns]
+    canonical = [*MULTICLASS_METRIC_NAMES, "effective_rank"]
+    columns.sort(key=lambda c: canonical.index(c) if c in canonical else len(canonical))
     table = Table(title=title)
     table.add_column(row_header)
     for col in columns:
