@@ -1,0 +1,293 @@
+"""Distributed statistics and measurement: R gloo processes on CPU equal one process.
+
+Two local processes (torch.multiprocessing via :func:`nclens.distributed.spawn`, which sets the
+torchrun environment and calls ``init_from_env``) each stream their exact shard, all-reduce, and
+write what they computed; the parent computes the same quantities in one process and compares to
+1e-10 relative. Features are float64 so that the comparison tests the reduction itself; float32
+features are compared as well, to the float32 GEMM's precision.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from nclens.distributed import (
+    ShardSampler,
+    distributed_measure,
+    init_from_env,
+    shard_loader,
+    spawn,
+    world_size,
+)
+from nclens.measure import measure
+from nclens.stats import ClassStats
+
+pytestmark = pytest.mark.distributed
+
+RTOL = 1e-10
+BATCH = 32
+SET_A = (-7, 3, 2**40)  # labels of even batches
+SET_B = (3, 11, 99)  # labels of odd batches: rank 0 and rank 1 see different label sets
+
+
+# ------------------------------------------------------------------ shared data and computations
+def _features(n: int = 403, d: int = 6, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 5, (n,), generator=g)
+    centres = 3.0 * torch.randn(5, d, generator=g, dtype=torch.float64)
+    x = centres[y] + torch.randn(n, d, generator=g, dtype=torch.float64) + 100.0  # offset: tests centring
+    return x.to(dtype), y
+
+
+def _arbitrary_labels(n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.tensor(SET_A), torch.tensor(SET_B)
+    pick = torch.randint(0, 3, (n,), generator=g)
+    even = (torch.arange(n) // BATCH) % 2 == 0
+    return torch.where(even, a[pick], b[pick])
+
+
+def _stream(x: torch.Tensor, y: torch.Tensor, rank: int, world: int, **kwargs) -> ClassStats:
+    stats = ClassStats(**kwargs)
+    for xb, yb in DataLoader(TensorDataset(x, y), batch_size=BATCH, sampler=ShardSampler(len(y), BATCH, rank=rank,
+                                                                                          world_size=world)):
+        stats.update(xb, yb)
+    return stats.all_reduce()
+
+
+def _stats_tensors(s: ClassStats) -> dict[str, torch.Tensor]:
+    out = {"counts": s.counts, "sums": s.sums, "class_sq": s.class_sq, "labels": s.label_values.double()}
+    if s.scatter_w is not None:
+        out["scatter_w"] = s.scatter_w
+    return out
+
+
+def _cnn(dtype: torch.dtype) -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    ).to(dtype)
+
+
+def _digits(dtype: torch.dtype) -> TensorDataset:
+    from nclens.data import load_digits
+
+    split = load_digits(seed=0)
+    return TensorDataset(split.x_train.to(dtype), split.y_train)
+
+
+def _compute(rank: int, world: int) -> dict:
+    """Everything compared, computed on this rank's shard (world=1: the whole data, no process group)."""
+    x, y = _features()
+    out: dict = {
+        "fixed": _stats_tensors(_stream(x, y, rank, world, num_classes=5)),
+        "trace": _stats_tensors(_stream(x, y, rank, world, num_classes=5, scatter="trace")),
+        "arbitrary": _stats_tensors(_stream(x, _arbitrary_labels(len(y)), rank, world, num_classes=None)),
+        "f32": _stats_tensors(_stream(x.float(), y, rank, world, num_classes=5)),
+    }
+    for name, dtype in (("measure64", torch.float64), ("measure32", torch.float32)):
+        report = distributed_measure(_cnn(dtype), _digits(dtype), BATCH * 4, nc4=True, progress=False)
+        out[name] = report.metrics
+        out[name + "_info"] = {"samples": report.info["samples"], "world": report.info["world_size"]}
+    return out
+
+
+def _worker(rank: int, out_dir: str) -> None:
+    assert world_size() == 2
+    torch.save(_compute(rank, 2), os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = float(b.abs().max()) or 1.0
+    return float((a - b).abs().max()) / scale
+
+
+def _metric_rel(a: dict, b: dict) -> float:
+    worst = 0.0
+    assert a.keys() == b.keys()
+    for layer in b:
+        assert a[layer].keys() == b[layer].keys()
+        for name, ref in b[layer].items():
+            assert math.isfinite(ref)
+            worst = max(worst, abs(a[layer][name] - ref) / max(abs(ref), 1e-300))
+    return worst
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> tuple[list[dict], dict]:
+    out = tmp_path_factory.mktemp("dist")
+    spawn(_worker, 2, (str(out),), backend="gloo")
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return ranks, _compute(0, 1)
+
+
+# ------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("case", ["fixed", "trace", "arbitrary"])
+def test_all_reduce_equals_one_process(two_ranks, case):
+    ranks, single = two_ranks
+    for r in range(2):
+        assert ranks[r][case].keys() == single[case].keys()
+        for key, ref in single[case].items():
+            assert ranks[r][case][key].shape == ref.shape, key
+            assert _rel(ranks[r][case][key], ref) <= RTOL, (case, key, _rel(ranks[r][case][key], ref))
+
+
+def test_arbitrary_labels_union(two_ranks):
+    ranks, single = two_ranks
+    expected = torch.tensor(sorted(set(SET_A) | set(SET_B)), dtype=torch.float64)
+    assert torch.equal(single["arbitrary"]["labels"], expected)
+    for r in range(2):
+        assert torch.equal(ranks[r]["arbitrary"]["labels"], expected)
+
+
+def test_stats_match_direct_reference(two_ranks):
+    """The all-reduced scatter equals the two-pass float64 definition (not only the 1-process code)."""
+    ranks, _ = two_ranks
+    x, y = _features()
+    means = torch.stack([x[y == c].mean(0) for c in range(5)])
+    centred = x - means[y]
+    assert _rel(ranks[0]["fixed"]["scatter_w"], centred.T @ centred) <= 1e-10
+    sq = torch.zeros(5, dtype=torch.float64).index_add_(0, y, centred.square().sum(1))
+    assert _rel(ranks[1]["fixed"]["class_sq"], sq) <= 1e-10
+
+
+def test_measure_equals_one_process(two_ranks):
+    ranks, single = two_ranks
+    assert "nc4_ncc_mismatch" in single["measure64"]["9"]
+    for r in range(2):
+        assert ranks[r]["measure64_info"] == {"samples": single["measure64_info"]["samples"], "world": 2}
+        assert _metric_rel(ranks[r]["measure64"], single["measure64"]) <= RTOL
+        # float32 features: the same per-batch float32 GEMMs, so the agreement is still far below float32 eps.
+        assert _metric_rel(ranks[r]["measure32"], single["measure32"]) <= 1e-6
+
+
+def test_measure_equals_plain_measure():
+    """distributed_measure outside a process group is measure() over the whole dataset."""
+    data = _digits(torch.float64)
+    a = distributed_measure(_cnn(torch.float64), data, 100, progress=False)
+    b = measure(_cnn(torch.float64), DataLoader(data, batch_size=100), progress=False)
+    assert _metric_rel(a.metrics, b.metrics) == 0.0
+    assert a.info["world_size"] == 1
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shard_sampler_is_exact_partition(shuffle):
+    for n in (0, 1, 31, 32, 33, 100):
+        for world in (1, 2, 3):
+            parts = [list(ShardSampler(n, 8, rank=r, world_size=world, shuffle=shuffle, seed=5)) for r in range(world)]
+            assert sorted(i for p in parts for i in p) == list(range(n))
+            assert [len(ShardSampler(n, 8, rank=r, world_size=world)) for r in range(world)] == [len(p) for p in parts]
+
+
+def test_shard_sampler_deals_whole_batches():
+    """Rank r's loader yields exactly the global batches r, r+R, ... of a one-process loader."""
+    data = TensorDataset(torch.arange(50))
+    single = [b[0] for b in DataLoader(data, batch_size=8)]
+    for r in range(3):
+        mine = [b[0] for b in shard_loader(data, 8, rank=r, world_size=3)]
+        assert len(mine) == len(single[r::3])
+        assert all(torch.equal(a, b) for a, b in zip(mine, single[r::3]))
+
+
+def test_bad_arguments(monkeypatch):
+    with pytest.raises(ValueError, match="batch_size"):
+        ShardSampler(10, 0, rank=0, world_size=1)
+    with pytest.raises(ValueError, match="rank"):
+        ShardSampler(10, 2, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="sampler"):
+        shard_loader(TensorDataset(torch.arange(4)), 2, sampler=None)
+    with pytest.raises(ValueError, match="backend"):
+        init_from_env("mpi")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ValueError, match="RANK"):
+        init_from_env()
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        init_from_env()
+
+
+def test_single_process_context(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = init_from_env()
+    assert (ctx.rank, ctx.world_size, ctx.distributed, ctx.is_main) == (0, 1, False, True)
+
+
+# ----------------------------------------------- trainer: torchrun -m nclens run, 2 ranks vs 1 (slow)
+TINY_CONFIG = """\
+name: tiny-ddp
+kind: train
+data: {name: digits, test_fraction: 0.25, batch_size: 64}
+model: {arch: mlp, depth: 2, width: 32, batchnorm: false, bias: true, activation: relu}
+optim: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0005, schedule: constant}
+train: {epochs: 2, loss: ce, measure_every: 2, mode: input, pool: avg, seed: 0}
+"""
+
+
+@pytest.fixture(scope="module")
+def trainer_runs(tmp_path_factory) -> tuple[dict, dict]:
+    import subprocess
+    import sys
+
+    from nclens.distributed import free_port
+    from nclens.runs import read_jsonl
+
+    root = tmp_path_factory.mktemp("ddp")
+    (root / "tiny.yaml").write_text(TINY_CONFIG)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    common = ["-m", "nclens", "run", str(root / "tiny.yaml"), "--no-report", "--no-progress", "--threads", "1"]
+    subprocess.run([sys.executable, *common, "--out", str(root / "one")], check=True, env=env, timeout=600,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+                    *common, "--out", str(root / "two")], check=True, env=env, timeout=600, capture_output=True)
+
+    def table(run: str) -> dict:
+        return {(r["epoch"], r["split"], r["layer"]): r for r in read_jsonl(root / run / "layers.jsonl")}
+
+    return table("one"), table("two")
+
+
+def _records_rel(a: dict, b: dict, epoch: int) -> float:
+    worst = 0.0
+    for key, ref in b.items():
+        if key[0] != epoch:
+            continue
+        for name, value in ref.items():
+            if isinstance(value, float) and math.isfinite(value):
+                worst = max(worst, abs(a[key][name] - value) / max(abs(value), 1e-300))
+    return worst
+
+
+@pytest.mark.slow
+def test_torchrun_run_measures_initialisation_like_one_process(trainer_runs):
+    """Epoch 0 (before any step): the 2-rank measurement equals the 1-process one (float32 features)."""
+    one, two = trainer_runs
+    assert one.keys() == two.keys()
+    assert _records_rel(two, one, 0) <= 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="nclens.train uses data.batch_size per rank (global batch W×B, half the optimiser steps) and a "
+    "DistributedSampler order unlike the 1-process permutation, so 2-rank DDP training is a different run",
+)
+def test_torchrun_run_final_metrics_equal_one_process(trainer_runs):
+    one, two = trainer_runs
+    assert _records_rel(two, one, 2) <= 1e-6
