@@ -15,15 +15,32 @@ of the run folder:
 * ``checkpoint.pt`` — model, optimiser, RNG states (torch, CUDA, numpy, python; per rank), epoch.
 
 Exact resume: the data order of epoch e is a pure function of (seed, e) (a freshly seeded
-generator, or ``DistributedSampler.set_epoch``), the learning rate a pure function of the position,
+generator, the same on every rank), the learning rate a pure function of the position,
 and the checkpoint holds every other piece of state, so a run interrupted at any point loses at
 most the epoch in progress and then produces the same numbers, bit for bit on the same machine, as
 one that was never interrupted. Log records beyond the checkpoint are dropped on resume.
 
 Under ``torchrun`` (env ``RANK``/``WORLD_SIZE``; the process group is initialised if needed) the
-training data is sharded with ``DistributedSampler``, the model wrapped in DDP, measurement data
-sharded exactly (rank r takes samples r, r+W, …), ClassStats all-reduced inside ``measure`` and all
-counters all-reduced here; only rank 0 writes files.
+run is the one-process run, up to floating-point round-off:
+
+* the global batch is the one-process batch: every rank draws the same seeded permutation, cuts it
+  into global batches of ``data.batch_size`` and takes its contiguous share of each
+  (:func:`nclens.distributed.share_bounds`: sizes ⌊B/R⌋ or ⌈B/R⌉, so any B and a short last batch
+  work); augmentation is applied to the global batch before slicing (same RNG stream);
+* rank r's loss is (R/B)·Σ_{i∈share r} ℓ_i, so the DDP average of the ranks' gradients is
+  exactly the gradient of the global batch mean (1/B)Σ_i ℓ_i, however unequal the shares;
+* BatchNorm layers become synchronised (:func:`nclens.distributed.convert_sync_batchnorm`:
+  ``nn.SyncBatchNorm`` on CUDA, :class:`~nclens.distributed.GlobalBatchNorm` on CPU/gloo), so
+  they normalise with the statistics of the global batch;
+* evaluation and NC measurement deal whole evaluation batches to the ranks
+  (:class:`nclens.distributed.ShardSampler`), so every per-batch float32 forward is the
+  one-process one and only float64 sums are reordered by the all-reduce; a split with fewer
+  than R evaluation batches is measured with a smaller evaluation batch (with a warning);
+* the checkpoint (written by rank 0, read by every rank) holds the unconverted BatchNorm keys, so
+  runs resume across world sizes; only rank 0 writes files.
+
+What is left is the order of float32 sums: a weight gradient Σᵢ gᵢxᵢᵀ is summed as two partial
+GEMMs plus an all-reduce instead of one GEMM, ≈1e-7 relative per step.
 
 Reference: Rangamani, Lindegaard, Galanti & Poggio, "Feature learning in deep classifiers through
 Intermediate Neural Collapse", ICML 2023.
@@ -46,6 +63,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +80,8 @@ from nclens.runs import append_jsonl, atomic_write_bytes, atomic_write_text, rea
 __all__ = [
     "DataBundle",
     "TensorBatches",
+    "BatchShares",
+    "eval_batches",
     "Trainer",
     "TrainResult",
     "load_data",
@@ -197,6 +217,89 @@ class TensorBatches:
             yield xb, self.y.index_select(0, sel.to(self.y.device))
 
 
+class BatchShares:
+    """This rank's contiguous share of every global batch (exact DDP training).
+
+    Global batch j is ``order[j·B : (j+1)·B]``, the batch a one-process :class:`TensorBatches`
+    yields; rank r takes its rows ``share_bounds(len(batch), r, R)``. ``transform`` (augmentation)
+    is applied to the whole global batch before slicing, so it consumes the global RNG exactly as
+    one process does. Yields ``(x_share, y_share, global_batch_size)``; shares may be empty.
+
+    Example:
+        >>> import torch
+        >>> b = BatchShares(torch.arange(5.0)[:, None], torch.arange(5), 4, None, rank=1, world_size=2)
+        >>> [(y.tolist(), n) for _, y, n in b]
+        [([2, 3], 4), ([], 1)]
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        order: Tensor | Callable[[], Tensor] | None,
+        *,
+        rank: int,
+        world_size: int,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        from nclens.distributed import share_bounds
+
+        share_bounds(0, rank, world_size)  # validates rank / world_size
+        self.global_batches = TensorBatches(x, y, batch_size, order)
+        self.rank, self.world_size, self.transform = int(rank), int(world_size), transform
+
+    def __len__(self) -> int:
+        return len(self.global_batches)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, int]]:
+        from nclens.distributed import share_bounds
+
+        gb = self.global_batches
+        idx = gb._indices().to(gb.x.device)
+        for start in range(0, idx.numel(), gb.batch_size):
+            sel = idx[start : start + gb.batch_size]
+            lo, hi = share_bounds(int(sel.numel()), self.rank, self.world_size)
+            if self.transform is not None:
+                xb = self.transform(gb.x.index_select(0, sel))[lo:hi]
+            else:
+                xb = gb.x.index_select(0, sel[lo:hi])
+            yield xb, gb.y.index_select(0, sel[lo:hi].to(gb.y.device)), int(sel.numel())
+
+
+def eval_batches(x: Tensor, y: Tensor, batch_size: int, rank: int = 0, world_size: int = 1) -> TensorBatches:
+    """Evaluation/measurement batches of this rank: whole batches dealt round-robin (ShardSampler).
+
+    One process: all of (x, y) in order. R ranks: global batch j of ``batch_size`` goes to rank
+    j mod R, so each per-batch forward equals the one-process one. When the split has fewer than R
+    batches, the batch size is lowered (with a warning) to the largest one giving every rank a batch.
+
+    Raises:
+        ValueError: fewer samples than ranks.
+    """
+    n = int(x.shape[0])
+    if world_size == 1:
+        return TensorBatches(x, y, batch_size, torch.arange(n))
+    from nclens.distributed import ShardSampler
+
+    bs = int(batch_size)
+    if -(-n // bs) < world_size:
+        if n < world_size:
+            raise ValueError(f"a split of {n} samples cannot be measured on {world_size} ranks (every rank needs data)")
+        bs = -(-n // world_size)
+        while -(-n // bs) < world_size:
+            bs -= 1
+        if rank == 0:
+            warnings.warn(
+                f"data.eval_batch_size={batch_size} splits {n} samples into fewer batches than the {world_size} ranks; "
+                f"measuring with batches of {bs} (set data.eval_batch_size <= {bs} to measure the same batches "
+                "in one process)",
+                stacklevel=2,
+            )
+    order = torch.as_tensor(list(ShardSampler(n, bs, rank=rank, world_size=world_size)), dtype=torch.long)
+    return TensorBatches(x, y, bs, order)
+
+
 def augment_batch(x: Tensor, pad: int = 4) -> Tensor:
     """Random crop (zero padding ``pad``) and horizontal flip of images (B, C, H, W), global torch RNG."""
     if x.ndim != 4:
@@ -268,15 +371,23 @@ def lr_factor(position: float, cfg: OptimConfig, epochs: int, steps_per_epoch: i
     return factor
 
 
-def classification_loss(logits: Tensor, labels: Tensor, kind: str, label_smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy, or one-hot MSE: mean over samples of ‖z − t‖², t = (1−ε) e_y + ε/K."""
+def classification_loss(
+    logits: Tensor, labels: Tensor, kind: str, label_smoothing: float = 0.0, reduction: str = "mean"
+) -> Tensor:
+    """Cross-entropy, or one-hot MSE ‖z − t‖², t = (1−ε) e_y + ε/K; mean (or sum) over samples.
+
+    ``reduction="sum"`` is what a DDP rank uses to weight its share of a global batch.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if kind == "ce":
-        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction=reduction)
     if kind != "mse":
         raise ValueError(f"loss must be 'ce' or 'mse', got {kind!r}")
     k = logits.shape[1]
     target = F.one_hot(labels, k).to(logits.dtype) * (1.0 - label_smoothing) + label_smoothing / k
-    return (logits - target).square().sum(dim=1).mean()
+    per_sample = (logits - target).square().sum(dim=1)
+    return per_sample.mean() if reduction == "mean" else per_sample.sum()
 
 
 # ---------------------------------------------------------------------- distributed
@@ -649,6 +760,10 @@ class Trainer:
         if self.prepare_model is not None:
             self.prepare_model(model)
         model.to(device)
+        if distributed:  # global-batch BatchNorm statistics (parameters and state_dict keys unchanged)
+            from nclens.distributed import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model, device)
         optimizer = build_optimizer(model.parameters(), self.config.optim)
 
         start_epoch = 0
@@ -672,26 +787,23 @@ class Trainer:
         x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
         x_te, y_te = data.x_test.to(device), data.y_test.to(device)
         n_train = x_tr.shape[0]
-        if distributed:
-            from torch.utils.data import DistributedSampler
-
-            sampler = DistributedSampler(range(n_train), num_replicas=world, rank=rank, shuffle=True,
-                                         seed=cfg.seed, drop_last=False)
         epoch_now = [start_epoch]
 
-        def train_order() -> Tensor:
-            if distributed:
-                sampler.set_epoch(epoch_now[0])
-                return torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+        def train_order() -> Tensor:  # the same permutation on every rank
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch_now[0])
             return torch.randperm(n_train, generator=gen)
 
-        shard = (lambda n: torch.arange(rank, n, world)) if distributed else (lambda n: torch.arange(n))
         augment = augment_batch if (self.config.data.augment and x_tr.ndim == 4) else None
-        train_batches = TensorBatches(x_tr, y_tr, self.config.data.batch_size, train_order, augment)
+        batch_size = self.config.data.batch_size
+        train_batches: TensorBatches | BatchShares
+        if distributed:
+            train_batches = BatchShares(x_tr, y_tr, batch_size, train_order, rank=rank, world_size=world,
+                                        transform=augment)
+        else:
+            train_batches = TensorBatches(x_tr, y_tr, batch_size, train_order, augment)
         bs_eval = self.config.data.eval_batch_size
-        train_eval = TensorBatches(x_tr, y_tr, bs_eval, shard(n_train))
-        test_eval = TensorBatches(x_te, y_te, bs_eval, shard(x_te.shape[0]))
+        train_eval = eval_batches(x_tr, y_tr, bs_eval, rank, world)
+        test_eval = eval_batches(x_te, y_te, bs_eval, rank, world)
 
         net: nn.Module = model
         if distributed:
@@ -727,20 +839,31 @@ class Trainer:
                 net.train()
                 loss_sum = torch.zeros((), dtype=torch.float64, device=device)
                 seen = 0
-                for step, (xb, yb) in enumerate(train_batches):
+                for step, batch in enumerate(train_batches):
                     lr = base_lr * lr_factor(epoch - 1 + step / steps, self.config.optim, cfg.epochs, steps)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    loss = classification_loss(net(xb), yb, cfg.loss, cfg.label_smoothing)
-                    if not torch.isfinite(loss):
+                    if distributed:
+                        # rank loss (R/B)·Σ_share ℓ: DDP's mean over ranks is the global batch mean's gradient
+                        xb, yb, n_global = batch
+                        share_sum = classification_loss(net(xb), yb, cfg.loss, cfg.label_smoothing, reduction="sum")
+                        loss = share_sum * (world / n_global)
+                        local = share_sum.detach().to(torch.float64)
+                        check = _all_reduce(local.clone()) / n_global  # the same value (and verdict) on all ranks
+                    else:
+                        xb, yb = batch
+                        loss = classification_loss(net(xb), yb, cfg.loss, cfg.label_smoothing)
+                        local = loss.detach().to(torch.float64) * yb.shape[0]
+                        check = loss
+                    if not torch.isfinite(check):
                         raise FloatingPointError(
-                            f"training loss became {float(loss)} at epoch {epoch}, step {step}: "
+                            f"training loss became {float(check)} at epoch {epoch}, step {step}: "
                             f"lower optim.lr (now {base_lr})"
                         )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    loss_sum += loss.detach().to(torch.float64) * yb.shape[0]
+                    loss_sum += local
                     seen += yb.shape[0]
                     if self.step_hook is not None:
                         self.step_hook(epoch, step)
@@ -760,6 +883,10 @@ class Trainer:
                 if ckpt_path is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
                     self._checkpoint(ckpt_path, epoch, model, optimizer, distributed, rank)
                 advance()
+        if distributed:
+            from nclens.distributed import revert_sync_batchnorm
+
+            model = revert_sync_batchnorm(model)
         result = TrainResult(model=model, run_dir=self.run_dir)
         if self.run_dir is not None and rank == 0:
             result.history = read_jsonl(self.run_dir / HISTORY)
