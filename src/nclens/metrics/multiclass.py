@@ -7,7 +7,10 @@ row k belonging to the k-th class in ascending label order.
 
 No function allocates a K×K matrix: pairwise quantities (cdnv, equiangularity, ETF distances) are
 exact reductions over row blocks, so K = 50,000 classes fit in memory; nc1 works in the rank-(K−1)
-subspace of the means and never inverts a D×D matrix.
+subspace of the means and never inverts a D×D matrix. ``cdnv``, ``nc2_equiangular`` and ``nc2_etf``
+share ONE float64 pass over the Gram M̄M̄ᵀ (``_pairwise_reductions``), cached on the statistics until
+their next update, so computing all three (or :func:`~nclens.metrics.compute_metrics`) costs one
+O(K²·D/2) pass instead of three O(K²·D) ones.
 
 Example:
     >>> import torch
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -60,6 +64,9 @@ __all__ = [
 
 #: Elements of one row block in the pairwise reductions (b×K float64 ≈ 128 MiB).
 _BLOCK_ELEMENTS = 2**24
+#: Elements of one Gram tile in the shared pairwise pass: a row block is computed tile by tile so
+#: that the element-wise work stays cache-resident (2**17 float64 = 1 MiB).
+_TILE_ELEMENTS = 2**17
 
 
 def _checked(stats: ClassStats, min_classes: int = 2) -> ClassStats:
