@@ -125,9 +125,7 @@ def two_pass(model: nn.Module, loader: DataLoader, k: int) -> dict[str, dict[str
                 scatter[name] += (c32.T @ c32).to(torch.float64)
     out = {}
     for name in LAYERS:
-        stats = ClassStats(num_classes=k, dim=means[name].shape[1])
-        stats.counts, stats.sums = counts.clone(), sums[name]
-        stats.class_sq, stats.scatter_w = class_sq[name], scatter[name]
+        stats = ClassStats.from_moments(counts, sums[name], class_sq[name], scatter[name])
         weight = model.fc.weight.detach().to(torch.float64) if name == "fc" else None
         out[name] = compute_metrics(stats, weight)
     return out

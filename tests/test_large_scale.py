@@ -61,14 +61,6 @@ def test_row_blocks_cover_every_row_once(monkeypatch):
 K_LARGE, D_SMALL = 4100, 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small block GEMMs: one thread avoids OpenMP oversubscription on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def large_k():
@@ -198,3 +190,166 @@ def test_k50000_metrics_memory_stays_far_below_k_squared():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3000, check=True)
     peak_gib = int(out.stdout.strip().splitlines()[-1]) / 2**20
     assert peak_gib < 2.0, peak_gib
+
+
+# ------------------------------------------------- one shared pass for cdnv / equiangular / ETF
+def _dense_pairwise(means: np.ndarray, var: np.ndarray | None, mbar: np.ndarray) -> tuple[float, float, float]:
+    """(cdnv, equiangularity, ETF distance) from dense K×K float64 NumPy matrices, straight from the definitions."""
+    k = means.shape[0]
+    off = ~np.eye(k, dtype=bool)
+    cd = float("nan")
+    if var is not None:
+        dist2 = ((means[:, None, :] - means[None, :, :]) ** 2).sum(-1)  # (K, K) direct differences
+        cd = float(((var[:, None] + var[None, :]) / (2 * np.where(off, dist2, 1.0)))[off].mean())
+    norms = np.linalg.norm(mbar, axis=1)
+    cos = mbar @ mbar.T / np.outer(norms, norms)
+    eq = float(np.abs(cos + 1 / (k - 1))[off].mean())
+    g = mbar @ mbar.T
+    return cd, eq, float(np.linalg.norm(g / np.linalg.norm(g) - etf(k)))
+
+
+def _unequal_classes(k: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian classes with 2..5 samples each (so the weighted and unweighted centrings differ)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 2.0 * torch.randn(k, d, generator=g, dtype=torch.float64)
+    y = torch.arange(k).repeat_interleave(2 + torch.arange(k) % 4)  # (N,) every class 2..5 times
+    y = torch.cat([torch.arange(k), y[k:][torch.randperm(y.shape[0] - k, generator=g)]])  # all classes first
+    return centres[y] + torch.randn(y.shape[0], d, generator=g, dtype=torch.float64), y
+
+
+def _numpy_moments(x: torch.Tensor, y: torch.Tensor, k: int):
+    x64, ynp = x.double().numpy(), y.numpy()
+    counts = np.bincount(ynp, minlength=k).astype(np.float64)
+    means = np.zeros((k, x64.shape[1]))
+    np.add.at(means, ynp, x64)
+    means /= counts[:, None]
+    var = np.bincount(ynp, weights=((x64 - means[ynp]) ** 2).sum(1), minlength=k) / counts
+    weighted_mean = x64.sum(0) / counts.sum()
+    return means, var, means - means.mean(0), means - weighted_mean
+
+
+@pytest.mark.parametrize(
+    ("block", "tile"),
+    [
+        (203 * 13 + 7, 2**17),  # 13-row blocks (last one partial), one tile per block side
+        (203 * 13 + 7, 50),  # 13-row blocks in 3-column tiles: the diagonal block spans several tiles
+        (203, 1),  # one row at a time, one entry per tile
+        (203 * 64, 1000),  # 64-row blocks in 15-column tiles
+    ],
+)
+def test_shared_pass_equals_dense_references_small_blocks(monkeypatch, block, tile):
+    k, d = 203, 7
+    x, y = _unequal_classes(k, d, seed=5)
+    means, var, mbar, mbar_w = _numpy_moments(x, y, k)
+    monkeypatch.setattr(mc, "_BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(mc, "_TILE_ELEMENTS", tile)
+    stats = ClassStats(num_classes=k).update(x, y)
+    assert k * k > mc._BLOCK_ELEMENTS  # the tiled path, not the dense one
+    shared = mc._pairwise_reductions(stats, weighted=False)
+    cd, eq, dist = _dense_pairwise(means, var, mbar)
+    assert _close(shared.cdnv, cd, 1e-10)
+    assert _close(shared.equiangular, eq, 1e-11)
+    assert _close(shared.etf, dist, 1e-11)
+    # the public metrics return exactly the shared values
+    assert (metrics.cdnv(stats), metrics.nc2_equiangular(stats), metrics.nc2_etf(stats)) == tuple(shared)
+    # weighted centring (μ_G = sample mean): a different M̄ (counts differ), cdnv unchanged (translation invariant)
+    shared_w = mc._pairwise_reductions(stats, weighted=True)
+    cd_w, eq_w, dist_w = _dense_pairwise(means, var, mbar_w)
+    assert abs(eq_w - eq) > 1e-6 * eq  # the two centrings really differ here
+    assert _close(shared_w.equiangular, eq_w, 1e-11)
+    assert _close(shared_w.etf, dist_w, 1e-11)
+    assert _close(shared_w.cdnv, cd, 1e-10)
+    assert metrics.nc2_equiangular(stats, weighted=True) == shared_w.equiangular
+    assert metrics.nc2_etf(stats, weighted=True) == shared_w.etf
+
+
+def test_shared_pass_dense_branch_is_bit_for_bit_the_separate_formulas():
+    """K² ≤ one block: the values are exactly those of the separate (pre-sharing) reductions."""
+    k, d = 203, 7
+    x, y = _unequal_classes(k, d, seed=6)
+    stats = ClassStats(num_classes=k).update(x, y)
+    assert k * k <= mc._BLOCK_ELEMENTS
+    m = mc.centred_means(stats)
+    var = stats.class_sq / stats.counts
+    sq = m.square().sum(1)
+
+    def term(gram: torch.Tensor, rows: slice) -> torch.Tensor:
+        dist2 = (sq[rows, None] + sq[None, :] - 2.0 * gram).clamp_min(0.0)
+        dist2[dist2 == 0] = float("nan")
+        return (var[rows, None] + var[None, :]) / (2.0 * dist2)
+
+    assert metrics.cdnv(stats) == float(mc._offdiag_mean(m, m, term))
+    assert metrics.nc2_equiangular(stats) == mc._equiangular(m)
+    assert metrics.nc2_etf(stats) == float(metrics.etf_dist_of_product(m, m))
+    mw = mc.centred_means(stats, weighted=True)
+    assert metrics.nc2_equiangular(stats, weighted=True) == mc._equiangular(mw)
+    assert metrics.nc2_etf(stats, weighted=True) == float(metrics.etf_dist_of_product(mw, mw))
+
+
+def test_shared_pass_large_k_equals_dense_references(large_k):
+    """K = 4,100 > 4096 with the default budget: row blocks of 4,092 rows in cache-sized tiles."""
+    stats, means, centred, counts, _, ynp = large_k
+    assert K_LARGE * K_LARGE > mc._BLOCK_ELEMENTS
+    var = np.bincount(ynp, weights=(centred**2).sum(1), minlength=K_LARGE) / counts
+    cd_ref, eq_ref = _pairwise_reference(means, var)
+    mbar = means - means.mean(0)
+    shared = mc._pairwise_reductions(stats)
+    assert _close(shared.cdnv, cd_ref, 1e-8)  # σ_c² from float32 features: the statistics, not the pass
+    assert _close(shared.equiangular, eq_ref, 1e-9)
+    assert _close(shared.etf, _etf_dist_dense(mbar, mbar), 1e-9)
+    assert (metrics.cdnv(stats), metrics.nc2_equiangular(stats), metrics.nc2_etf(stats)) == tuple(shared)
+
+
+def test_shared_pass_runs_once_and_update_invalidates_it(monkeypatch):
+    k, d = 60, 5
+    x, y = _unequal_classes(k, d, seed=7)
+    calls: list[bool] = []
+    real = mc._pairwise_pass
+
+    def counting(stats, weighted):
+        calls.append(weighted)
+        return real(stats, weighted)
+
+    monkeypatch.setattr(mc, "_pairwise_pass", counting)
+    stats = ClassStats(num_classes=k).update(x[:200], y[:200])
+    first = (metrics.cdnv(stats), metrics.nc2_equiangular(stats), metrics.nc2_etf(stats))
+    out = metrics.compute_metrics(stats)
+    assert (out["cdnv"], out["nc2_equiangular"], out["nc2_etf"]) == first
+    assert calls == [False]  # one pass served cdnv, equiangularity, the ETF distance and compute_metrics
+    metrics.nc2_etf(stats, weighted=True)
+    metrics.nc2_equiangular(stats, weighted=True)
+    assert calls == [False, True]  # the weighted centring has its own cache entry
+    stats.update(x[200:], y[200:])  # a mutation clears the cache
+    assert not any(key.startswith("pairwise_reductions") for key in stats._cache)
+    second = (metrics.cdnv(stats), metrics.nc2_equiangular(stats), metrics.nc2_etf(stats))
+    assert calls == [False, True, False]
+    means, var, mbar, _ = _numpy_moments(x, y, k)
+    reference = _dense_pairwise(means, var, mbar)
+    assert all(_close(a, b, 1e-10) for a, b in zip(second, reference))
+    assert all(a != b for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("block", [2**24, 30 * 7 + 1])  # dense branch, tiled branch
+def test_shared_pass_keeps_cdnv_errors_to_cdnv(monkeypatch, block):
+    monkeypatch.setattr(mc, "_BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(mc, "_TILE_ELEMENTS", 40)
+    k, d = 30, 4
+    x, y = _unequal_classes(k, d, seed=8)
+    keep = torch.ones(y.shape[0], dtype=torch.bool)
+    keep[(y == 11).nonzero().flatten()[1:]] = False  # class 11 keeps a single sample
+    single = ClassStats(num_classes=k).update(x[keep], y[keep])
+    eq, dist = metrics.nc2_equiangular(single), metrics.nc2_etf(single)  # the pass runs first, without cdnv
+    assert np.isfinite([eq, dist]).all()
+    with pytest.raises(ValueError, match=r"at least 2 samples per class.*\[11\]"):
+        metrics.cdnv(single)
+    assert "cdnv" not in metrics.compute_metrics(single, names=["nc2_etf", "nc2_equiangular"])
+    # classes 3 and 4 with identical means (class 4 = class 3's samples, shifted, with 3's mean restored)
+    x2 = x.clone()
+    idx3, idx4 = (y == 3).nonzero().flatten(), (y == 4).nonzero().flatten()
+    x2[idx4] = x2[idx3[0]] + (x2[idx4] - x2[idx4].mean(0))
+    x2[idx4] += x2[idx3].mean(0) - x2[idx4].mean(0)
+    twins = ClassStats(num_classes=k).update(x2, y)
+    assert torch.equal(twins.means[3], twins.means[4]) or float((twins.means[3] - twins.means[4]).norm()) < 1e-14
+    assert np.isfinite([metrics.nc2_equiangular(twins), metrics.nc2_etf(twins)]).all()
+    with pytest.raises(ValueError, match="identical means"):
+        metrics.cdnv(twins)

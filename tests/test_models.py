@@ -13,14 +13,6 @@ from nclens.models import CNN, MLP, etf_like_matrix, linear_layer_names, resnet1
 from nclens.probe import default_layers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_mlp_names_shapes_and_options():
     net = MLP(64, 10, depth=3, width=16)
     assert [n for n, _ in net.named_children()] == [

@@ -23,14 +23,6 @@ from nclens.multilabel import MAX_TAGS, MultiLabelStats, decode_label_sets, enco
 from nclens.stats import ClassStats
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------ encoding
 def test_encode_decode_round_trip_and_limits():
     g = torch.Generator().manual_seed(0)

@@ -12,14 +12,6 @@ from typer.testing import CliRunner
 from nclens.mlab_experiment import MLabConfig, build_model, count_trainable, load_config, multilabel_scores, run_mlab
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_scores_against_sklearn_and_hand_values():
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.45, 0.45, 0.1], [0.05, 0.35, 0.6]]))
     y = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1]])

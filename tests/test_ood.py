@@ -34,14 +34,6 @@ HAS_PYTORCH_OOD = importlib.util.find_spec("pytorch_ood") is not None
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on shared CPUs (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --------------------------------------------------------------- projector
 def test_etf_projector_weights_exact():

@@ -34,15 +34,6 @@ from nclens.privacy import (
 from nclens.stats import ClassStats
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: one torch thread is faster on a shared 2-core machine (restored afterwards)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ------------------------------------------------------------------ feature shift
 def test_exact_etf_has_zero_shift_for_any_rotation_scale_offset():
     k, d = 5, 12

@@ -21,15 +21,6 @@ from nclens.privacy import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: one torch thread is faster on a shared 2-core machine (restored afterwards)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def feats():
     return gaussian_features(num_classes=4, dim=8, per_class=50, sigma=0.3, seed=0)

@@ -10,15 +10,6 @@ import torch
 from nclens.regularizers import KoLeoLoss, koleo_loss, nearest_neighbour_distances
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on shared CPUs (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _on_circle(degrees: list[float], radii: list[float] | None = None) -> torch.Tensor:
     t = torch.tensor(degrees, dtype=torch.float64) * math.pi / 180
     r = torch.ones_like(t) if radii is None else torch.tensor(radii, dtype=torch.float64)

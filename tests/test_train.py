@@ -27,14 +27,6 @@ from nclens.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny(**train) -> ExperimentConfig:
     values = {"epochs": 4, "measure_every": 2, "progress": False}
     values.update(train)

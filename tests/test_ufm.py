@@ -13,15 +13,6 @@ from typer.testing import CliRunner
 from nclens.losses import normalized_pick_all_label_ce, one_hot_mse, pick_all_label_ce
 from nclens.ufm import UFMConfig, _data_loss, solve_ufm, ufm_labels, ufm_theory, zhu_ce_closed_form
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 MLAB_ZERO = ("nc1", "nc1_sets", "nc2_etf", "nc2_equinorm", "nc2_equiangular", "nc2_etf_w", "nc3_duality",
              "tagwise_residual_m2", "tagwise_scale_m2_std", "tagwise_angle_ratio")
 
