@@ -104,7 +104,7 @@ def test_config_errors_and_cli(tmp_path):
                                    "--json", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
-    assert report["grad_norm"] < 1e-10 and report["metrics"]["nc1_sets"] < 1e-8
+    assert report["grad_norm"] < 1e-10 and report["nc1_sets"] < 1e-8
     assert report["theory"]["check"]["tagwise_scale_m2_abs_err"] < 1e-9
     bad = CliRunner().invoke(app, ["ufm", "--per-set", "2,x"])
     assert bad.exit_code != 0 and "per-set" in bad.output

@@ -176,7 +176,7 @@ class UFMSolution:
             "weight_row_norm_mean": float(self.weight.norm(dim=1).mean()),
             "bias_norm": float(self.bias.norm()),
             **norms,
-            "metrics": dict(self.metrics),
+            **dict(self.metrics),  # flat, with the same keys as `nclens measure`
         }
 
 
