@@ -173,8 +173,10 @@ def test_measure_equals_one_process(two_ranks):
     for r in range(2):
         assert ranks[r]["measure64_info"] == {"samples": single["measure64_info"]["samples"], "world": 2}
         assert _metric_rel(ranks[r]["measure64"], single["measure64"]) <= RTOL
-        # float32 features: the same per-batch float32 GEMMs, so the agreement is still far below float32 eps.
-        assert _metric_rel(ranks[r]["measure32"], single["measure32"]) <= 1e-6
+        # float32 features: each rank centres a class on its own first batch mean before the float32 GEMM,
+        # so the scatter differs by float32 round-off (~1e-7), amplified by ill-conditioned layers
+        # (e.g. cdnv ~ 600 in a dead-ReLU layer); class sums and merges are exact float64.
+        assert _metric_rel(ranks[r]["measure32"], single["measure32"]) <= 2e-5
 
 
 def test_measure_equals_plain_measure():
