@@ -34,6 +34,8 @@ __all__ = [
     "read_jsonl",
     "to_jsonable",
     "package_versions",
+    "run_folder_lock",
+    "RunFolderBusy",
 ]
 
 
@@ -135,3 +137,41 @@ def package_versions(extra: Iterable[str] = ()) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+def run_folder_lock(path: str | os.PathLike[str]):
+    """Context manager: an exclusive, non-blocking lock on ``path/.lock`` (fcntl, released on exit or
+    when the process dies), so two runs can never write into one run folder at once.
+
+    Raises:
+        RunFolderBusy: another live process holds the lock.
+    """
+    from contextlib import contextmanager
+
+    @contextmanager
+    def _lock():
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX: no locking
+            yield
+            return
+        with open(folder / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise RunFolderBusy(
+                    f"run folder {str(folder)!r} is in use by another nclens process; wait for it to finish "
+                    f"or choose another --out"
+                ) from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    return _lock()

@@ -58,6 +58,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -75,7 +76,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nclens.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig, TrainConfig
-from nclens.runs import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl, write_json
+from nclens.runs import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl, run_folder_lock, write_json
 
 __all__ = [
     "DataBundle",
@@ -739,7 +740,9 @@ class Trainer:
         cfg: TrainConfig = self.config.train
         initialised_here = _maybe_init_distributed()
         try:
-            return self._fit(cfg, resume)
+            writes = self.run_dir is not None and _dist()[1] == 0
+            with run_folder_lock(self.run_dir) if writes else contextlib.nullcontext():
+                return self._fit(cfg, resume)
         finally:
             if initialised_here:
                 import torch.distributed as dist

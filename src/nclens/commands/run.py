@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
 
         from nclens.config import apply_overrides, load_config
         from nclens.experiment import run_experiment
+        from nclens.runs import RunFolderBusy
 
         if threads is not None:
             torch.set_num_threads(threads)
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
             if not progress:
                 cfg = apply_overrides(cfg, ["train.progress=false"])
             run_dir = run_experiment(cfg, out, resume=resume, fixed_etf=fixed_etf, log=typer.echo)
-        except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as exc:
+        except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, RunFolderBusy) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from exc
         import os
