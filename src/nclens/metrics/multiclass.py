@@ -42,6 +42,7 @@ __all__ = [
     "sigma_w",
     "sigma_b",
     "nc1",
+    "nc1_from_moments",
     "nc1_trace",
     "within_share",
     "cdnv",
@@ -185,9 +186,18 @@ def nc1(stats: ClassStats, *, weighted: bool = False) -> float:
     matrix is inverted and K−1 ≥ D works.
     """
     stats = _checked(stats)
-    sw = sigma_w(stats)
-    v, s = _means_svd(centred_means(stats, weighted=weighted))
-    proj = ((sw @ v) * v).sum(0)  # (r,) v_jᵀ Σ_W v_j
+    return nc1_from_moments(sigma_w(stats), centred_means(stats, weighted=weighted))
+
+
+def nc1_from_moments(sigma_within: Tensor, centred: Tensor) -> float:
+    """Tr(Σ_W Σ_B⁺)/K from Σ_W (D×D) and centred means M̄ (K×D), Σ_B = M̄ᵀM̄/K.
+
+    = Σ_j v_jᵀ Σ_W v_j / s_j² over the nonzero singular triplets of M̄ (rank ≤ K−1). Each term is
+    clamped at 0: Σ_W is positive semi-definite, so a negative v_jᵀΣ_W v_j is rounding of an exact 0.
+    Shared by the multi-class and multi-label (singleton) NC1.
+    """
+    v, s = _means_svd(centred)
+    proj = ((sigma_within @ v) * v).sum(0).clamp_min(0.0)  # (r,) v_jᵀ Σ_W v_j
     return float((proj / s.square()).sum())
 
 

@@ -41,6 +41,7 @@ from nclens.metrics.multiclass import (
     nc1 as _mc_nc1,
 )
 from nclens.metrics.multiclass import (
+    nc1_from_moments,
     nc2_equiangular,
     nc2_equiangular_w,
     nc2_equinorm,
@@ -111,13 +112,9 @@ def singleton_centred_means(stats: MultiLabelStats) -> Tensor:
 
 def _pinv_trace(sw: Tensor, centred: Tensor) -> float:
     """Tr(Σ_W Σ_B⁺)/K with Σ_B = M̄ᵀM̄/K, in the nonzero eigenspace of Σ_B (no D×D inverse)."""
-    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-    if s.numel() == 0 or float(s[0]) == 0.0:
+    if float(centred.abs().max()) == 0.0:
         raise ValueError("all singleton means coincide: Σ_B = 0, NC1 is undefined")
-    keep = s > s[0] * max(centred.shape) * torch.finfo(torch.float64).eps
-    v = vh[keep].T  # (D, r)
-    proj = ((sw @ v) * v).sum(0)  # (r,) v_jᵀ Σ_W v_j
-    return float((proj / s[keep].square()).sum())
+    return nc1_from_moments(sw, centred)
 
 
 def ml_nc1(stats: MultiLabelStats) -> float:
