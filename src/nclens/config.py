@@ -20,13 +20,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_C = TypeVar("_C")
 
 __all__ = [
     "DataConfig",
@@ -42,6 +45,11 @@ __all__ = [
     "config_to_yaml",
     "valid_keys",
     "replace",
+    "build_config",
+    "config_as_dict",
+    "dotted_keys",
+    "override_config",
+    "load_yaml_config",
 ]
 
 DATASETS = ("digits", "mnist1d", "mnist", "fashionmnist", "cifar10")
@@ -229,24 +237,6 @@ class ExperimentConfig:
             )
 
 
-_SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "optim": OptimConfig,
-    "train": TrainConfig,
-    "fixed_etf": FixedETFConfig,
-}
-_TOP_SCALARS = ("name", "kind")
-
-
-def valid_keys() -> list[str]:
-    """Every dotted key an override may set, e.g. ``train.epochs``."""
-    keys = list(_TOP_SCALARS)
-    for section, cls in _SECTIONS.items():
-        keys += [f"{section}.{f.name}" for f in fields(cls)]
-    return keys
-
-
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Coerce a YAML-parsed value to a field annotation (int, float, bool, str, tuple[T, ...], Optional)."""
     origin = typing.get_origin(annotation)
@@ -292,81 +282,77 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def _build_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise TypeError(f"section {section!r} must be a mapping of keys to values, got {values!r}")
+# ------------------------------------------------------------------ generic: any frozen dataclass tree
+def build_config(cls: type[_C], raw: Mapping[str, Any] | None, where: str = "") -> _C:
+    """Build a (nested) frozen dataclass from a YAML-parsed mapping; missing keys keep their defaults.
+
+    Fields whose annotation is a dataclass are sections, built recursively. Values are coerced to the
+    field types (:func:`_coerce`). An unknown key is an error that lists the valid keys; the
+    dataclasses' own ``__post_init__`` checks the values.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        what = f"section {where!r}" if where else "the config"
+        raise TypeError(f"{what} must be a mapping of keys to values, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
-    unknown = [k for k in values if k not in names]
+    unknown = [k for k in raw if k not in names]
     if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} in section {section!r}; valid keys: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+        if where:
+            raise ValueError(
+                f"unknown key {unknown[0]!r} in section {where!r}; valid keys: {', '.join(sorted(names))}"
+            )
+        raise ValueError(f"unknown top-level key {unknown[0]!r}; valid keys: {', '.join(names)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = build_config(annotation, value, path)
+        else:
+            kwargs[key] = _coerce(value, annotation, path)
     return cls(**kwargs)
 
 
-def config_from_dict(raw: Mapping[str, Any] | None) -> ExperimentConfig:
-    """Build an :class:`ExperimentConfig` from a nested dict (sections may be missing: defaults)."""
-    raw = dict(raw or {})
-    valid = list(_TOP_SCALARS) + list(_SECTIONS)
-    unknown = [k for k in raw if k not in valid]
-    if unknown:
-        raise ValueError(f"unknown top-level key {unknown[0]!r}; valid keys: {', '.join(valid)}")
-    kwargs: dict[str, Any] = {}
-    for key in _TOP_SCALARS:
-        if key in raw:
-            kwargs[key] = _coerce(raw[key], str, key)
-    for section, cls in _SECTIONS.items():
-        if section in raw:
-            kwargs[section] = _build_section(cls, raw[section] or {}, section)
-    return ExperimentConfig(**kwargs)
-
-
-def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """A plain nested dict (tuples as lists), the inverse of :func:`config_from_dict`."""
+def config_as_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict of a dataclass tree (tuples as lists): the inverse of :func:`build_config`."""
 
     def plain(value: Any) -> Any:
-        if isinstance(value, tuple):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+        if isinstance(value, (tuple, list)):
             return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
-    out: dict[str, Any] = {k: getattr(config, k) for k in _TOP_SCALARS}
-    for section in _SECTIONS:
-        obj = getattr(config, section)
-        out[section] = {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
-    return out
+    return plain(config)
 
 
-def config_to_yaml(config: ExperimentConfig) -> str:
-    """The resolved config as YAML text."""
-    import yaml
+def dotted_keys(cls: type) -> list[str]:
+    """Every dotted key of a dataclass tree that an override may set, e.g. ``train.epochs``."""
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += [f"{f.name}.{k}" for k in dotted_keys(hints[f.name])]
+        else:
+            keys.append(f.name)
+    return keys
 
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
+def override_config(config: _C, overrides: Iterable[str]) -> _C:
+    """Apply dotted ``key=value`` / ``section.key=value`` overrides to a dataclass tree.
 
-def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read a YAML config file and apply ``section.key=value`` overrides.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: unknown keys (valid ones listed), invalid values, malformed overrides.
-        TypeError: a value of the wrong type.
+    Values are parsed as YAML (``5``, ``1e-3``, ``[1, 2]``, ``null``, ``true``) and coerced to the
+    field's type; an unknown key is an error that lists the valid ones.
     """
     import yaml
 
-    target = Path(path)
-    if not target.is_file():
-        raise FileNotFoundError(f"config file {str(target)!r} does not exist")
-    raw = yaml.safe_load(target.read_text(encoding="utf-8"))
-    if raw is not None and not isinstance(raw, Mapping):
-        raise ValueError(f"config file {str(target)!r} must hold a mapping, got {type(raw).__name__}")
-    return apply_overrides(config_from_dict(raw), overrides)
-
-
-def apply_overrides(config: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:
-    """Apply dotted ``section.key=value`` overrides (values parsed as YAML, coerced to the field type)."""
-    import yaml
-
-    raw = config_to_dict(config)
+    cls = type(config)
+    raw = config_as_dict(config)
+    valid = dotted_keys(cls)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.epochs=5)")
@@ -376,31 +362,89 @@ def apply_overrides(config: ExperimentConfig, overrides: Iterable[str]) -> Exper
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as exc:
             raise ValueError(f"cannot parse the value of override {item!r}: {exc}") from exc
-        parts = key.split(".")
-        if len(parts) == 1:
-            if key not in _TOP_SCALARS:
-                raise ValueError(f"unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
-            raw[key] = value
-            continue
-        if len(parts) != 2 or parts[0] not in _SECTIONS:
-            raise ValueError(f"unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
-        section, name = parts
-        names = [f.name for f in fields(_SECTIONS[section])]
-        if name not in names:
-            raise ValueError(f"unknown key {name!r} in section {section!r}; valid keys: {', '.join(sorted(names))}")
-        raw[section][name] = value
-    return config_from_dict(raw)
+        if key not in valid:
+            section, _, name = key.rpartition(".")
+            siblings = sorted(k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == section)
+            if section and siblings:
+                raise ValueError(f"unknown key {name!r} in section {section!r}; valid keys: {', '.join(siblings)}")
+            raise ValueError(f"unknown key {key!r}; valid keys: {', '.join(valid)}")
+        *path, name = key.split(".")
+        node = raw
+        for part in path:
+            node = node[part]
+        node[name] = value
+    return build_config(cls, raw)
 
 
-def replace(config: ExperimentConfig, **sections: Mapping[str, Any]) -> ExperimentConfig:
-    """A copy with some section fields replaced, e.g. ``replace(cfg, train={"epochs": 2})``."""
-    raw = config_to_dict(config)
-    for section, values in sections.items():
-        if section in _TOP_SCALARS:
-            raw[section] = values
-            continue
-        if section not in _SECTIONS:
-            raise ValueError(f"unknown section {section!r}; valid sections: {', '.join(_SECTIONS)}")
-        raw[section].update(values)
-    return config_from_dict(raw)
+def load_yaml_config(cls: type[_C], path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> _C:
+    """Read a YAML file into the dataclass tree ``cls`` and apply ``--set``-style overrides.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a mapping, unknown keys (valid ones listed), invalid values, malformed overrides.
+        TypeError: a value of the wrong type.
+    """
+    import yaml
+
+    target = Path(path)
+    if not target.is_file():
+        raise FileNotFoundError(f"config file {str(target)!r} does not exist")
+    try:
+        raw = yaml.safe_load(target.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {str(target)!r} is not valid YAML: {exc}") from exc
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ValueError(f"config file {str(target)!r} must hold a mapping, got {type(raw).__name__}")
+    return override_config(build_config(cls, raw), overrides)
+
+
+# ------------------------------------------------------------ the intermediate-NC experiment config
+def config_from_dict(raw: Mapping[str, Any] | None) -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from a nested dict (sections may be missing: defaults)."""
+    return build_config(ExperimentConfig, raw)
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """A plain nested dict (tuples as lists), the inverse of :func:`config_from_dict`."""
+    return config_as_dict(config)
+
+
+def config_to_yaml(config: Any) -> str:
+    """The resolved config (any dataclass tree) as YAML text."""
+    import yaml
+
+    return yaml.safe_dump(config_as_dict(config), sort_keys=False)
+
+
+def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment config and apply ``section.key=value`` overrides (see :func:`load_yaml_config`)."""
+    return load_yaml_config(ExperimentConfig, path, overrides)
+
+
+def apply_overrides(config: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:
+    """Apply dotted ``section.key=value`` overrides (values parsed as YAML, coerced to the field type)."""
+    return override_config(config, overrides)
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key an override may set, e.g. ``train.epochs``."""
+    return dotted_keys(ExperimentConfig)
+
+
+def replace(config: _C, **sections: Any) -> _C:
+    """A copy with some fields replaced: a section's fields by a mapping (merged), or a top-level value.
+
+    Example: ``replace(cfg, train={"epochs": 2}, name="quick")``.
+    """
+    raw = config_as_dict(config)
+    for key, values in sections.items():
+        if key not in raw:
+            raise ValueError(f"unknown key {key!r}; valid keys: {', '.join(raw)}")
+        if isinstance(raw[key], dict):
+            if not isinstance(values, Mapping):
+                raise TypeError(f"section {key!r} must be replaced by a mapping, got {values!r}")
+            raw[key].update(values)
+        else:
+            raw[key] = values
+    return build_config(type(config), raw)
 

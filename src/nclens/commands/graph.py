@@ -81,6 +81,7 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Argument(..., exists=True, dir_okay=False, help="experiments/gnn_*.yaml"),
         out: Path = typer.Option(None, "--out", help="run folder (default runs/<name>)"),
         threads: int = typer.Option(None, "--threads", help="torch CPU threads (overrides the config)"),
+        set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.epochs=2"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Train a GraphConv GNN on SBM graphs; per-layer node NC, spectral baselines, gUFM, figures."""
@@ -89,7 +90,7 @@ def register(app: typer.Typer) -> None:
         from nclens.graph.experiment import ExperimentConfig, run_experiment
 
         try:
-            cfg = ExperimentConfig.from_yaml(config)
+            cfg = ExperimentConfig.from_yaml(config, set_)
         except (ValueError, TypeError) as exc:
             raise typer.BadParameter(f"{config}: {exc}") from exc
         if threads is not None:

@@ -31,7 +31,7 @@ import dataclasses
 import io
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,39 +116,16 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
         """Build from a (YAML-loaded) mapping; unknown keys are an error naming the valid ones."""
-        sections = {"graph": SBMSpec, "model": ModelSettings, "train": TrainSettings,
-                    "spectral": SpectralSettings, "gufm": GUFMSettings}
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise ValueError(f"unknown experiment keys {unknown}; valid keys: {sorted(valid)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in sections:
-                if not isinstance(value, Mapping):
-                    raise TypeError(f"section {key!r} must be a mapping, got {type(value).__name__}")
-                sub = sections[key]
-                names = {f.name for f in dataclasses.fields(sub)}
-                bad = sorted(set(value) - names)
-                if bad:
-                    raise ValueError(f"unknown keys {bad} in section {key!r}; valid keys: {sorted(names)}")
-                value = dict(value)
-                if key == "spectral" and "methods" in value:
-                    value["methods"] = tuple(value["methods"])
-                kwargs[key] = sub(**value)
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
+        from nclens.config import build_config
+
+        return build_config(cls, data)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
-        """Load a YAML experiment file."""
-        import yaml
+    def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+        """Load a YAML experiment file and apply ``section.key=value`` overrides."""
+        from nclens.config import load_yaml_config
 
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: an experiment file must hold a mapping, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return load_yaml_config(cls, path, overrides)
 
 
 # ---------------------------------------------------------------- stages
