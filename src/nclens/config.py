@@ -241,6 +241,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Coerce a YAML-parsed value to a field annotation (int, float, bool, str, tuple[T, ...], Optional)."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):  # a nested section, also as the element of a tuple
+        return build_config(annotation, value, where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

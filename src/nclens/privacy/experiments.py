@@ -20,11 +20,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import math
 import os
-import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,42 +149,6 @@ class RealFeaturesConfig:
 _KINDS: dict[str, type] = {"dimension": DimensionSweepConfig, "real-features": RealFeaturesConfig}
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if value is None:
-        return None
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where} must be a list, got {value!r}")
-        return tuple(_coerce(v, args[0], f"{where}[]") for v in value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{where} must be a mapping, got {value!r}")
-        return _build(annotation, value, where)
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if annotation is int and isinstance(value, bool) or annotation is int and not isinstance(value, int):
-        raise ValueError(f"{where} must be an integer, got {value!r}")
-    if annotation is bool and not isinstance(value, bool):
-        raise ValueError(f"{where} must be true or false, got {value!r}")
-    if annotation is str and not isinstance(value, str):
-        raise ValueError(f"{where} must be a string, got {value!r}")
-    return value
-
-
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys: {', '.join(valid)}")
-    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()})
-
-
 def load_experiment_config(
     source: str | os.PathLike[str] | Mapping[str, Any],
 ) -> DimensionSweepConfig | RealFeaturesConfig:
@@ -205,7 +167,9 @@ def load_experiment_config(
     kind = raw.pop("kind", None)
     if kind not in _KINDS:
         raise ValueError(f"config needs 'kind' in {sorted(_KINDS)}, got {kind!r}")
-    return _build(_KINDS[kind], raw, kind)
+    from nclens.config import build_config
+
+    return build_config(_KINDS[kind], raw, kind)
 
 
 @contextlib.contextmanager
