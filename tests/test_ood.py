@@ -34,7 +34,6 @@ HAS_PYTORCH_OOD = importlib.util.find_spec("pytorch_ood") is not None
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
-
 # --------------------------------------------------------------- projector
 def test_etf_projector_weights_exact():
     d = 6
@@ -376,3 +375,128 @@ def test_cli_runs_a_tiny_config(tmp_path):
     assert "projector" in result.output and (tmp_path / "r" / "summary.csv").exists()
     bad = CliRunner().invoke(app, ["ood", str(cfg), "--set", "train.nope=1"])
     assert bad.exit_code == 2
+
+
+# ------------------------------------------------------ few-shot transfer
+def test_few_shot_indices_balanced_deterministic_and_uniform():
+    from nclens.ood_experiment import few_shot_indices
+
+    labels = torch.tensor([2] * 10 + [0] * 4 + [7] * 6)[torch.randperm(20, generator=torch.Generator().manual_seed(3))]
+    idx = few_shot_indices(labels, 2, draws=5, seed=11)
+    assert idx.shape == (5, 6) and idx.dtype == torch.int64
+    for row in idx:
+        assert row.unique().numel() == 6  # no sample twice
+        assert labels[row].tolist() == [0, 0, 2, 2, 7, 7]  # sorted by class, exactly 2 each
+    assert torch.equal(idx, few_shot_indices(labels, 2, draws=5, seed=11))  # deterministic
+    assert torch.equal(idx[3], few_shot_indices(labels, 2, draws=1, seed=14)[0])  # draw i uses seed + i
+    assert len({tuple(r.tolist()) for r in idx}) > 1  # draws differ
+    # each sample is included with probability shots / class size (uniform subsets)
+    many = few_shot_indices(labels, 2, draws=3000, seed=0)
+    freq = torch.bincount(many.flatten(), minlength=20).double() / 3000
+    counts = torch.bincount(labels)[labels].double()
+    np.testing.assert_allclose(freq.numpy(), (2 / counts).numpy(), atol=0.04)
+    # shots = class size takes the whole class
+    full = few_shot_indices(labels, 4, draws=2)
+    assert set(full[0][labels[full[0]] == 0].tolist()) == set(torch.nonzero(labels == 0).flatten().tolist())
+
+
+def test_few_shot_indices_errors():
+    from nclens.ood_experiment import few_shot_indices
+
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"shots_per_class=3 exceeds .*\{1: 2\}"):
+        few_shot_indices(labels, 3, draws=1)
+    with pytest.raises(ValueError, match="shots_per_class"):
+        few_shot_indices(labels, 0, draws=1)
+    with pytest.raises(ValueError, match="draws"):
+        few_shot_indices(labels, 1, draws=0)
+    with pytest.raises(TypeError, match="integer"):
+        few_shot_indices(labels.float(), 1, draws=1)
+
+
+def test_transfer_accuracy_matches_sklearn_on_the_same_subsets():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from nclens.ood_experiment import few_shot_indices, transfer_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    x = torch.randn(300, 6, generator=g) + 1.2 * torch.randn(3, 6, generator=g)[y]
+    xa, ya, xb, yb = x[:150], y[:150], x[150:], y[150:]
+
+    def sk(rows):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=500))
+        return model.fit(xa[rows].double().numpy(), ya[rows].numpy()).score(xb.double().numpy(), yb.numpy())
+
+    acc, std = transfer_accuracy(xa, ya, xb, yb, probe_c=0.5, probe_max_iter=500)
+    assert acc == pytest.approx(sk(torch.arange(150))) and std == 0.0
+    acc, std = transfer_accuracy(xa, ya, xb, yb, shots_per_class=3, draws=6, seed=4, probe_c=0.5, probe_max_iter=500)
+    ref = np.array([sk(rows) for rows in few_shot_indices(ya, 3, 6, seed=4)])
+    assert acc == pytest.approx(ref.mean()) and std == pytest.approx(ref.std())
+    assert 0.0 < acc < 1.0
+
+
+def test_alpha_sweep_jobs_rows_and_summary(tmp_path):
+    from nclens.ood_experiment import jobs, run_experiment, summarise
+
+    cfg = _tiny(
+        **{
+            "variants": "[baseline, entropy]",
+            "koleo_weights": "[0.1, 1.0]",
+            "transfer.shots_per_class": 3,
+            "transfer.draws": 2,
+            "eval.scores": "[energy]",
+        }
+    )
+    assert jobs(cfg) == [("baseline", 0.0, 0), ("entropy", 0.1, 0), ("entropy", 1.0, 0)]
+    res = run_experiment(cfg, tmp_path / "sweep", progress=False)
+    assert [(r["variant"], r["alpha"], r["layer"]) for r in res.rows] == [
+        ("baseline", 0.0, "encoder"),
+        ("entropy", 0.1, "encoder"),
+        ("entropy", 1.0, "encoder"),
+    ]
+    for r in res.rows:
+        assert 0.0 <= r["transfer_acc"] <= 1.0 and 0.0 <= r["transfer_acc_full"] <= 1.0
+        assert r["transfer_draw_std"] >= 0.0 and r["transfer_acc_classes"] == r["transfer_acc"]
+    # every training used its own α: loss = CE + α·KoLeo in every epoch
+    records = [json.loads(line) for line in (tmp_path / "sweep" / "runs.jsonl").read_text().splitlines()]
+    for rec in records:
+        for h in rec["history"]:
+            assert h["loss"] == pytest.approx(h["ce"] + rec["alpha"] * h["koleo"], rel=1e-5, abs=1e-6)
+    assert records[0]["history"][0]["koleo"] == 0.0 and records[2]["history"][0]["koleo"] != 0.0
+    summary = {(s["variant"], s["alpha"]): s for s in res.summary}
+    assert set(summary) == {("baseline", 0.0), ("entropy", 0.1), ("entropy", 1.0)}
+    assert summary[("entropy", 1.0)]["transfer_acc_full"] == pytest.approx(res.rows[2]["transfer_acc_full"])
+    assert res.correlations["over_variant_layer_means"]["n_points"] == 3
+    assert res.transfer == {"shots_per_class": 3, "draws": 2, "seed": 0}
+    # summary over seeds groups by (variant, α, layer), α = None for rows without one
+    pts = [
+        {"variant": "entropy", "alpha": a, "layer": "encoder", "nc1": v}
+        for a, v in ((0.5, 1.0), (0.5, 3.0), (2.0, 5.0))
+    ]
+    s = summarise(pts + [{"variant": "baseline", "layer": "encoder", "nc1": 7.0}], keys=("nc1",))
+    assert [(e["variant"], e["alpha"], e["nc1"], e["nc1_std"]) for e in s] == [
+        ("baseline", None, 7.0, 0.0),
+        ("entropy", 0.5, 2.0, 1.0),
+        ("entropy", 2.0, 5.0, 0.0),
+    ]
+
+
+def test_sweep_and_transfer_config_errors():
+    from nclens.ood_experiment import OODExperimentConfig, load_config, replace_config
+
+    with pytest.raises(ValueError, match="koleo_weights must all be > 0"):
+        replace_config(OODExperimentConfig(), ["koleo_weights=[0.0, 1.0]"])
+    with pytest.raises(ValueError, match="duplicates"):
+        replace_config(OODExperimentConfig(), ["koleo_weights=[1.0, 1.0]"])
+    with pytest.raises(ValueError, match="shots_per_class"):
+        replace_config(OODExperimentConfig(), ["transfer.shots_per_class=0"])
+    with pytest.raises(ValueError, match="draws"):
+        replace_config(OODExperimentConfig(), ["transfer.draws=0"])
+    with pytest.raises(ValueError, match="unknown key 'shots'"):
+        replace_config(OODExperimentConfig(), ["transfer.shots=5"])
+    cfg = load_config("experiments/ood_digits_sweep.yaml")
+    assert cfg.koleo_weights == (0.1, 0.5, 1.0, 2.0) and cfg.transfer.shots_per_class == 5
+    assert load_config("experiments/ood_digits.yaml").transfer.draws == 20

@@ -18,9 +18,14 @@ Per (variant, layer, seed) it measures, from frozen features:
 * OOD detection — scores (:mod:`nclens.ood`: energy by default, MSP, max-logit from the probe's
   logits; Mahalanobis, NCI, NECO from the features) of ID test vs every OOD set; AUROC, AUPR, FPR95
   in the chosen convention; the headline is the mean over OOD sets;
-* OOD generalisation — linear-probe accuracy on the transfer task(s).
+* OOD generalisation — linear-probe accuracy on the transfer task(s): ``transfer_acc_full`` (probe on
+  the whole transfer training split) and the headline ``transfer_acc``, which with
+  ``transfer.shots_per_class`` is a few-shot probe averaged over ``transfer.draws`` seeded,
+  class-balanced draws shared by every model (:func:`few_shot_indices`, :func:`transfer_accuracy`) —
+  the full-split probe saturates on easy transfer tasks.
 
-Then, across the (variant, layer) points, the Pearson correlation of NC1 with detection (AUROC) and
+``koleo_weights`` sweeps the KoLeo weight α of the ``entropy`` / ``both`` variants (:func:`jobs`).
+Then, across the (variant, α, layer) points, the Pearson correlation of NC1 with detection (AUROC) and
 with transfer accuracy. The paper's claim: stronger collapse (lower NC1) ⇒ better detection and worse
 transfer, i.e. corr(NC1, AUROC) < 0 and corr(NC1, transfer) > 0.
 
@@ -83,6 +88,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "EvalConfig",
+    "TransferConfig",
     "OODExperimentConfig",
     "OODData",
     "OODNet",
@@ -94,6 +100,9 @@ __all__ = [
     "build_model",
     "train_model",
     "evaluate_model",
+    "few_shot_indices",
+    "transfer_accuracy",
+    "jobs",
     "run_experiment",
     "summarise",
     "correlations",
@@ -250,15 +259,52 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """How transfer (OOD generalisation) is measured: a linear probe on each transfer task.
+
+    A probe trained on the whole transfer training split saturates on easy tasks (≈ 0.96 on digits
+    5–9 from every variant), hiding differences in how much of the new classes' structure a feature
+    keeps. ``shots_per_class`` switches the headline ``transfer_acc`` to a *few-shot* probe: per
+    draw, ``shots_per_class`` labelled samples of every transfer class (a seeded, class-balanced
+    draw, :func:`few_shot_indices`) train the probe, the full transfer test split scores it, and the
+    accuracy is averaged over ``draws`` draws. The draws depend only on ``seed`` and the draw index,
+    so every variant, layer and training seed is probed on the *same* subsets (paired comparison).
+    The full-split probe is always reported too, as ``transfer_acc_full``.
+
+    Attributes:
+        shots_per_class: labelled samples per transfer class for the few-shot probe; ``None`` = the
+            whole transfer training split (then ``transfer_acc`` = ``transfer_acc_full``).
+        draws: number of few-shot draws averaged.
+        seed: seed of the first draw (draw ``i`` uses ``seed + i``).
+    """
+
+    shots_per_class: int | None = None
+    draws: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shots_per_class is not None and self.shots_per_class < 1:
+            raise ValueError(f"transfer.shots_per_class must be >= 1 or null, got {self.shots_per_class!r}")
+        if self.draws < 1:
+            raise ValueError(f"transfer.draws must be >= 1, got {self.draws!r}")
+
+
+@dataclass(frozen=True)
 class OODExperimentConfig:
-    """The whole experiment: sections + the variants and seeds to run."""
+    """The whole experiment: sections + the variants, KoLeo weights and seeds to run.
+
+    ``koleo_weights`` sweeps α: every KoLeo variant (``entropy``, ``both``) is trained once per α
+    (``baseline`` and ``projector`` are α = 0); empty = the single ``train.koleo_weight``.
+    """
 
     name: str = "ood_digits"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     variants: tuple[str, ...] = ("baseline", "entropy", "projector", "both")
+    koleo_weights: tuple[float, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
     threads: int | None = 1
 
@@ -266,13 +312,25 @@ class OODExperimentConfig:
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ValueError(f"variants {bad} unknown; valid: {list(VARIANTS)}")
+        if any(not a > 0 for a in self.koleo_weights):
+            raise ValueError(f"koleo_weights must all be > 0 (α = 0 is the baseline), got {list(self.koleo_weights)}")
+        if len(set(self.koleo_weights)) != len(self.koleo_weights):
+            raise ValueError(f"koleo_weights has duplicates: {list(self.koleo_weights)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds has duplicates: {list(self.seeds)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or null, got {self.threads!r}")
         if not self.variants or not self.seeds:
             raise ValueError("variants and seeds must not be empty")
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "transfer": TransferConfig,
+}
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -678,6 +736,102 @@ def extract_features(
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(logits), torch.cat(labels)
 
 
+def few_shot_indices(labels: Tensor, shots_per_class: int, draws: int, seed: int = 0) -> Tensor:
+    """Seeded, class-balanced few-shot draws: ``shots_per_class`` indices of every class, per draw.
+
+    Draw ``i`` permutes the samples with ``torch.Generator().manual_seed(seed + i)``, then keeps,
+    in permuted order, the first ``shots_per_class`` samples of each class (a stable sort of the
+    permuted labels groups each class; a sample's rank inside its group is its position minus the
+    group's start). Each draw is thus a uniform random subset of size ``shots_per_class`` of every
+    class, independent of the other classes.
+
+    Args:
+        labels: (N,) integer labels.
+        shots_per_class: samples kept per class (every class must have at least that many).
+        draws: number of draws.
+        seed: seed of draw 0.
+
+    Returns:
+        (draws, K·shots_per_class) int64 indices into ``labels``, each row sorted by class then by
+        the draw's random order.
+
+    Example:
+        >>> idx = few_shot_indices(torch.tensor([0, 0, 0, 1, 1, 2, 2, 2]), 2, draws=3)
+        >>> idx.shape, torch.bincount(torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])[idx[0]]).tolist()
+        (torch.Size([3, 6]), [2, 2, 2])
+    """
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(
+            f"labels must be a 1-D integer tensor, got dtype {labels.dtype} and shape {tuple(labels.shape)}"
+        )
+    if not isinstance(shots_per_class, int) or shots_per_class < 1:
+        raise ValueError(f"shots_per_class must be a positive integer, got {shots_per_class!r}")
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be a positive integer, got {draws!r}")
+    labels = labels.cpu()
+    classes, counts = torch.unique(labels, return_counts=True)
+    if (counts < shots_per_class).any():
+        short = {int(c): int(n) for c, n in zip(classes, counts) if n < shots_per_class}
+        raise ValueError(f"shots_per_class={shots_per_class} exceeds the samples of classes {short} (class: count)")
+    starts = torch.cumsum(counts, 0) - counts  # (K,) first position of each class after the sort
+    n = labels.shape[0]
+    out = []
+    for d in range(draws):  # a handful of draws; the work inside is vectorised
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + d))  # (N,)
+        order = torch.sort(labels[perm], stable=True).indices  # (N,) groups classes, keeps perm order
+        grouped = perm[order]  # (N,) sample indices, class-sorted
+        cls = torch.searchsorted(classes, labels[grouped])  # (N,) class index of each position
+        rank = torch.arange(n) - starts[cls]  # (N,) rank inside its class
+        out.append(grouped[rank < shots_per_class])
+    return torch.stack(out)  # (draws, K·shots)
+
+
+def transfer_accuracy(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    *,
+    shots_per_class: int | None = None,
+    draws: int = 1,
+    seed: int = 0,
+    probe_c: float = 1.0,
+    probe_max_iter: int = 1000,
+) -> tuple[float, float]:
+    """Linear-probe transfer accuracy, full-split or few-shot (mean over draws).
+
+    acc = (1/R) Σ_r mean_{(h, y) ∈ test} [argmax_k probe_r(h)_k = y], probe_r a
+    :class:`~nclens.ood.LinearProbe` fitted on draw r of :func:`few_shot_indices` (R = ``draws``), or
+    on the whole training split when ``shots_per_class`` is ``None`` (R = 1).
+
+    Returns:
+        ``(mean accuracy, std over draws)`` (std 0 for the full split).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(200) % 4
+        >>> x = torch.randn(200, 8, generator=g) + 3 * torch.eye(4, 8)[y]
+        >>> acc, _ = transfer_accuracy(x[:100], y[:100], x[100:], y[100:], shots_per_class=5, draws=3)
+        >>> acc > 0.8
+        True
+    """
+    if shots_per_class is None:
+        probe = LinearProbe(C=probe_c, max_iter=probe_max_iter).fit(train_features, train_labels)
+        return float(probe.score(test_features, test_labels)), 0.0
+    idx = few_shot_indices(torch.as_tensor(train_labels), shots_per_class, draws, seed)
+    accs = np.array(
+        [
+            LinearProbe(C=probe_c, max_iter=probe_max_iter)
+            .fit(train_features[rows], train_labels[rows])
+            .score(test_features, test_labels)
+            for rows in idx
+        ],
+        dtype=np.float64,
+    )
+    return float(accs.mean()), float(accs.std())
+
+
 class _FeatureView(nn.Module):
     """Wrap the model so :func:`measure` sees ``forward(x) -> logits`` (its hooks do the rest)."""
 
@@ -775,11 +929,26 @@ def evaluate_model(
                 m = ood_metrics(s_id, s_ood, positive=ev.positive)
                 per_score[score][set_name] = m
                 det_rows.append({"layer": layer, "score": score, "ood_set": set_name, **m})
-        transfer = {}
+        transfer: dict[str, float] = {}
+        transfer_full: dict[str, float] = {}
+        transfer_draw_std: dict[str, float] = {}
+        tc = cfg.transfer
         for name, ((a_f, _, a_y), (b_f, _, b_y)) in transfer_f.items():
-            transfer[name] = (
-                LinearProbe(C=ev.probe_c, max_iter=ev.probe_max_iter).fit(a_f[layer], a_y).score(b_f[layer], b_y)
-            )
+            probe_kw = dict(probe_c=ev.probe_c, probe_max_iter=ev.probe_max_iter)
+            transfer_full[name], _ = transfer_accuracy(a_f[layer], a_y, b_f[layer], b_y, **probe_kw)
+            if tc.shots_per_class is None:
+                transfer[name], transfer_draw_std[name] = transfer_full[name], 0.0
+            else:
+                transfer[name], transfer_draw_std[name] = transfer_accuracy(
+                    a_f[layer],
+                    a_y,
+                    b_f[layer],
+                    b_y,
+                    shots_per_class=tc.shots_per_class,
+                    draws=tc.draws,
+                    seed=tc.seed,
+                    **probe_kw,
+                )
         headline = per_score[ev.detection_score]
         row: dict[str, Any] = {"layer": layer, "dim": int(tr_f[layer].shape[1])}
         row.update({k2: float(v) for k2, v in metrics.items()})
@@ -793,8 +962,11 @@ def evaluate_model(
         for score in ev.scores:
             row[f"auroc_mean_{score}"] = float(np.mean([m["auroc"] for m in per_score[score].values()]))
         row["transfer_acc"] = float(np.mean(list(transfer.values()))) if transfer else float("nan")
-        for name, acc in transfer.items():
-            row[f"transfer_acc_{name}"] = acc
+        row["transfer_acc_full"] = float(np.mean(list(transfer_full.values()))) if transfer else float("nan")
+        row["transfer_draw_std"] = float(np.mean(list(transfer_draw_std.values()))) if transfer else float("nan")
+        for name in transfer:
+            row[f"transfer_acc_{name}"] = transfer[name]
+            row[f"transfer_acc_full_{name}"] = transfer_full[name]
         layer_rows.append(row)
     return layer_rows, det_rows
 
@@ -809,17 +981,26 @@ class ExperimentResult:
     summary: list[dict[str, Any]]
     correlations: dict[str, Any]
     out_dir: Path | None = None
+    transfer: dict[str, Any] | None = None  # the transfer protocol (TransferConfig as a dict)
 
 
 def summarise(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("nc1", "auroc", "fpr95", "transfer_acc")):
-    """Mean and std over seeds per (variant, layer), in variant order then layer order."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    """Mean and std over seeds per (variant, α, layer), in variant order, then α, then layer order.
+
+    Rows without an ``alpha`` key are grouped under α = ``None``.
+    """
+    groups: dict[tuple[str, float | None, str], list[Mapping[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["variant"], r["layer"]), []).append(r)
+        groups.setdefault((r["variant"], r.get("alpha"), r["layer"]), []).append(r)
     order = list(VARIANTS)
+
+    def sort_key(item):
+        (variant, alpha, layer), _ = item
+        return order.index(variant), -1.0 if alpha is None else alpha, layer != "encoder"
+
     out = []
-    for (variant, layer), rs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1] != "encoder")):
-        entry: dict[str, Any] = {"variant": variant, "layer": layer, "seeds": len(rs)}
+    for (variant, alpha, layer), rs in sorted(groups.items(), key=sort_key):
+        entry: dict[str, Any] = {"variant": variant, "alpha": alpha, "layer": layer, "seeds": len(rs)}
         for key in keys:
             vals = np.array([r[key] for r in rs if key in r], dtype=np.float64)
             entry[key] = float(vals.mean()) if vals.size else float("nan")
@@ -828,19 +1009,30 @@ def summarise(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("nc1", "
     return out
 
 
+def _label(entry: Mapping[str, Any], layer: bool = True) -> str:
+    """``variant [α=…] / layer`` (α shown for the KoLeo variants)."""
+    alpha = entry.get("alpha")
+    text = entry["variant"]
+    if alpha is not None and VARIANTS.get(entry["variant"], (False, False))[0]:
+        text += f" α={alpha:g}"
+    return f"{text} / {entry['layer']}" if layer else text
+
+
 def correlations(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Pearson r (and two-sided p) of NC1 — and of log NC1 — with AUROC, FPR95 and transfer accuracy.
 
     Expected signs under Harun et al. 2025 (lower NC1 = more collapse ⇒ better detection, worse
-    transfer): r(NC1, AUROC) < 0, r(NC1, FPR95) > 0, r(NC1, transfer) > 0.
+    transfer): r(NC1, AUROC) < 0, r(NC1, FPR95) > 0, r(NC1, transfer) > 0 — for the headline
+    ``transfer_acc`` (few-shot when configured) and the full-split ``transfer_acc_full``. A key
+    absent from the points gives NaN and ``agrees = None``.
     """
     from scipy.stats import pearsonr
 
-    expected = {"auroc": -1, "fpr95": 1, "transfer_acc": 1}
+    expected = {"auroc": -1, "fpr95": 1, "transfer_acc": 1, "transfer_acc_full": 1}
     nc1 = np.array([p["nc1"] for p in points], dtype=np.float64)
     out: dict[str, Any] = {"n_points": len(points)}
     for key, sign in expected.items():
-        y = np.array([p[key] for p in points], dtype=np.float64)
+        y = np.array([p.get(key, np.nan) for p in points], dtype=np.float64)
         ok = np.isfinite(y) & np.isfinite(nc1) & (nc1 > 0)
         if ok.sum() < 3 or np.std(y[ok]) == 0 or np.std(nc1[ok]) == 0:
             out[key] = {
@@ -864,13 +1056,29 @@ def correlations(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _colours(summary: Sequence[Mapping[str, Any]]) -> dict[tuple[str, float | None], Any]:
+    """A colour per (variant, α): one hue per variant, darker for larger α within a KoLeo variant."""
+    import matplotlib
+
+    base = {"baseline": "tab:gray", "entropy": "Blues", "projector": "tab:red", "both": "Purples"}
+    out: dict[tuple[str, float | None], Any] = {}
+    for variant in VARIANTS:
+        alphas = sorted({s["alpha"] for s in summary if s["variant"] == variant}, key=lambda a: -1 if a is None else a)
+        for i, alpha in enumerate(alphas):
+            if base[variant] in ("Blues", "Purples"):
+                out[(variant, alpha)] = matplotlib.colormaps[base[variant]](0.45 + 0.5 * (i + 1) / (len(alphas) + 1))
+            else:
+                out[(variant, alpha)] = base[variant]
+    return out
+
+
 def _figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]], corr) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"baseline": "tab:gray", "entropy": "tab:blue", "projector": "tab:red", "both": "tab:purple"}
+    colours = _colours(summary)
     markers = {"encoder": "o", "projector": "s"}
     written = []
 
@@ -881,13 +1089,17 @@ def _figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], summary: Sequence
         atomic_write_bytes(out_dir / name, buf.getvalue())
         written.append(name)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in (
-        (axes[0], "auroc", "OOD detection AUROC (mean over OOD sets)"),
-        (axes[1], "transfer_acc", "transfer accuracy (linear probe)"),
-    ):
+    panels = (
+        ("auroc", "OOD detection AUROC (mean over OOD sets)"),
+        ("transfer_acc", "transfer accuracy (headline probe)"),
+        ("transfer_acc_full", "transfer accuracy (full-split probe)"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    for ax, (key, label) in zip(axes, panels):
         for r in rows:
-            ax.scatter(r["nc1"], r[key], c=colours[r["variant"]], marker=markers[r["layer"]], alpha=0.35, s=25)
+            if key in r:
+                colour = colours.get((r["variant"], r.get("alpha")), "k")
+                ax.scatter(r["nc1"], r[key], color=colour, marker=markers[r["layer"]], alpha=0.35, s=22)
         for s in summary:
             ax.errorbar(
                 s["nc1"],
@@ -895,36 +1107,41 @@ def _figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], summary: Sequence
                 xerr=s["nc1_std"],
                 yerr=s[f"{key}_std"],
                 fmt=markers[s["layer"]],
-                color=colours[s["variant"]],
+                color=colours[(s["variant"], s["alpha"])],
                 ms=9,
                 mec="k",
                 capsize=2,
-                label=f"{s['variant']} / {s['layer']}",
+                label=_label(s),
             )
         c = corr.get(key, {})
         ax.set_xscale("log")
         ax.set_xlabel("NC1 = Tr(Σ_W Σ_B⁺)/K  (lower = more collapse)")
         ax.set_ylabel(label)
         ax.set_title(
-            f"Pearson r(NC1, ·) = {c.get('r', float('nan')):+.2f}  (log NC1: {c.get('r_log', float('nan')):+.2f})"
+            f"r(NC1, ·) = {c.get('r', float('nan')):+.2f} (p={c.get('p', float('nan')):.2g}); "
+            f"log NC1: {c.get('r_log', float('nan')):+.2f}",
+            fontsize=10,
         )
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle("NC1 vs detection and transfer (small: one seed; large: mean ± std over seeds)")
     save(fig, "nc1_vs_detection_transfer.png")
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
-    labels = [f"{s['variant']} / {s['layer']}" for s in summary]
+    keys = ("nc1", "auroc", "fpr95", "transfer_acc", "transfer_acc_full")
+    titles = ("NC1 (log)", "AUROC", "FPR95", "transfer acc. (headline)", "transfer acc. (full split)")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.4))
+    labels = [_label(s) for s in summary]
     x = np.arange(len(summary))
-    for ax, key, title in zip(
-        axes, ("nc1", "auroc", "fpr95", "transfer_acc"), ("NC1 (log)", "AUROC", "FPR95", "transfer acc.")
-    ):
+    for ax, key, title in zip(axes, keys, titles):
         vals = [s[key] for s in summary]
         errs = [s[f"{key}_std"] for s in summary]
-        ax.bar(x, vals, yerr=errs, color=[colours[s["variant"]] for s in summary], hatch=None, edgecolor="k", capsize=2)
-        for i, s in enumerate(summary):
+        bars = ax.bar(
+            x, vals, yerr=errs, color=[colours[(s["variant"], s["alpha"])] for s in summary], edgecolor="k", capsize=2
+        )
+        for bar, s in zip(bars, summary):
             if s["layer"] == "projector":
-                ax.patches[i].set_hatch("//")
-        ax.set_xticks(x, labels, fontsize=7, rotation=35, ha="right")
+                bar.set_hatch("//")
+        ax.set_xticks(x, labels, fontsize=7, rotation=40, ha="right")
         ax.set_title(title)
         if key == "nc1":
             ax.set_yscale("log")
@@ -934,7 +1151,7 @@ def _figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], summary: Sequence
             pad = 0.1 * (hi - lo + 1e-9)
             ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) if key != "fpr95" else hi + pad)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle("per variant and layer (mean ± std over seeds; hatched = projector layer)")
+    fig.suptitle("per variant, α and layer (mean ± std over seeds; hatched = projector layer)")
     save(fig, "variants_bars.png")
     return written
 
@@ -945,8 +1162,26 @@ def _csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     atomic_write_text(path, pd.DataFrame(list(rows)).to_csv(index=False))
 
 
-def _done_key(variant: str, seed: int) -> str:
-    return f"{variant}/{seed}"
+def jobs(cfg: OODExperimentConfig) -> list[tuple[str, float, int]]:
+    """Every ``(variant, α, seed)`` to train: KoLeo variants once per α of ``koleo_weights`` (or the
+    single ``train.koleo_weight``), the others at α = 0; seeds outermost.
+
+    Example:
+        >>> from nclens.ood_experiment import OODExperimentConfig
+        >>> jobs(OODExperimentConfig(variants=("baseline", "entropy"), koleo_weights=(0.1, 1.0), seeds=(0,)))
+        [('baseline', 0.0, 0), ('entropy', 0.1, 0), ('entropy', 1.0, 0)]
+    """
+    alphas = cfg.koleo_weights or (cfg.train.koleo_weight,)
+    out = []
+    for seed in cfg.seeds:
+        for variant in cfg.variants:
+            for alpha in alphas if VARIANTS[variant][0] else (0.0,):
+                out.append((variant, float(alpha), seed))
+    return out
+
+
+def _done_key(variant: str, alpha: float, seed: int) -> str:
+    return f"{variant}/{alpha!r}/{seed}"
 
 
 def run_experiment(
@@ -1011,26 +1246,27 @@ def _run_experiment(
                 )
         else:
             write_json(cfg_path, {"config": resolved, "versions": package_versions()})
-        done = {_done_key(r["variant"], r["seed"]): r for r in read_jsonl(folder / "runs.jsonl")}
-    jobs = [(v, s) for s in cfg.seeds for v in cfg.variants]
-    for i, (variant, seed) in enumerate(jobs):
-        if _done_key(variant, seed) in done:
+        done = {_done_key(r["variant"], float(r["alpha"]), r["seed"]): r for r in read_jsonl(folder / "runs.jsonl")}
+    todo = jobs(cfg)
+    for i, (variant, alpha, seed) in enumerate(todo):
+        if _done_key(variant, alpha, seed) in done:
             continue
         koleo, _ = VARIANTS[variant]
         model = build_model(cfg, data, variant, seed)
         start = time.perf_counter()
+        name = f"{variant} α={alpha:g}" if koleo else variant
         history = train_model(
             model,
             data,
-            cfg.train,
+            dataclasses.replace(cfg.train, koleo_weight=alpha) if koleo else cfg.train,
             koleo=koleo,
             seed=seed,
             workers=workers,
             progress=progress,
-            description=f"[{i + 1}/{len(jobs)}] {variant} seed {seed}",
+            description=f"[{i + 1}/{len(todo)}] {name} seed {seed}",
         )
         layer_rows, det_rows = evaluate_model(model, data, cfg, workers=workers)
-        meta = {"variant": variant, "seed": seed}
+        meta = {"variant": variant, "alpha": alpha, "seed": seed}
         record = {
             **meta,
             "rows": [{**meta, **r} for r in layer_rows],
@@ -1038,12 +1274,12 @@ def _run_experiment(
             "history": history,
             "seconds": time.perf_counter() - start,
         }
-        done[_done_key(variant, seed)] = record
+        done[_done_key(variant, alpha, seed)] = record
         if folder is not None:
             from nclens.runs import append_jsonl
 
             append_jsonl(folder / "runs.jsonl", [record])
-    records = [done[_done_key(v, s)] for v, s in jobs]
+    records = [done[_done_key(v, a, s)] for v, a, s in todo]
     rows = [r for rec in records for r in rec["rows"]]
     detection = [r for rec in records for r in rec["detection"]]
     summary = summarise(
@@ -1055,50 +1291,59 @@ def _run_experiment(
             "aupr",
             "fpr95",
             "transfer_acc",
+            "transfer_acc_full",
+            "transfer_draw_std",
             "id_probe_acc",
             "id_head_acc",
             "effective_rank",
         ),
     )
     corr = {"over_variant_layer_means": correlations(summary), "over_all_points": correlations(rows)}
-    result = ExperimentResult(rows, detection, summary, corr, folder)
+    result = ExperimentResult(rows, detection, summary, corr, folder, transfer=config_to_dict(cfg)["transfer"])
     if folder is not None:
         _csv(folder / "results.csv", rows)
         _csv(folder / "detection.csv", detection)
         _csv(folder / "summary.csv", summary)
-        write_json(folder / "summary.json", {"summary": summary, "correlations": corr})
+        write_json(folder / "summary.json", {"summary": summary, "correlations": corr, "transfer": result.transfer})
         write_json(folder / "correlations.json", corr)
         _figures(folder, rows, summary, corr["over_variant_layer_means"])
     return result
 
 
 def format_summary(result: ExperimentResult) -> str:
-    """The per-variant, per-layer table and the correlations as plain text."""
+    """The per-variant, per-α, per-layer table and the correlations as plain text."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="NC control for OOD: mean ± std over seeds")
-    for col in ("variant", "layer", "NC1", "AUROC", "FPR95", "transfer", "ID acc"):
+    for col in ("variant", "layer", "NC1", "AUROC", "FPR95", "transfer", "transfer (full)", "ID acc"):
         table.add_column(col, justify="left" if col in ("variant", "layer") else "right")
     for s in result.summary:
         table.add_row(
-            s["variant"],
+            _label(s, layer=False),
             s["layer"],
             f"{s['nc1']:.3g} ± {s['nc1_std']:.2g}",
             f"{s['auroc']:.3f} ± {s['auroc_std']:.3f}",
             f"{s['fpr95']:.3f} ± {s['fpr95_std']:.3f}",
             f"{s['transfer_acc']:.3f} ± {s['transfer_acc_std']:.3f}",
+            f"{s['transfer_acc_full']:.3f} ± {s['transfer_acc_full_std']:.3f}",
             f"{s['id_head_acc']:.3f}",
         )
-    console = Console(width=140, record=True, force_terminal=False)
+    console = Console(width=160, record=True, force_terminal=False)
     with console.capture() as capture:
         console.print(table)
     lines = [capture.get().rstrip()]
+    tc = result.transfer or {}
+    if tc.get("shots_per_class") is not None:
+        lines.append(
+            f"transfer = {tc['shots_per_class']}-shot linear probe, mean over {tc['draws']} draws "
+            f"(seed {tc['seed']}); transfer (full) = probe on the whole transfer training split"
+        )
     for scope, corr in result.correlations.items():
         parts = []
-        for key in ("auroc", "fpr95", "transfer_acc"):
+        for key in ("auroc", "fpr95", "transfer_acc", "transfer_acc_full"):
             c = corr[key]
             verdict = "n/a" if c["agrees"] is None else ("agrees" if c["agrees"] else "DISAGREES")
-            parts.append(f"r(NC1,{key})={c['r']:+.2f} [log NC1 {c['r_log']:+.2f}] ({verdict} with the paper)")
+            parts.append(f"r(NC1,{key})={c['r']:+.2f} p={c['p']:.2g} [log NC1 {c['r_log']:+.2f}] ({verdict})")
         lines.append(f"{scope} (n={corr['n_points']}): " + "; ".join(parts))
     return "\n".join(lines)

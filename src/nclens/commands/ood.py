@@ -3,6 +3,8 @@
 Example:
     $ nclens ood experiments/ood_digits.yaml --out runs/ood_digits
     $ nclens ood experiments/ood_digits.yaml --out runs/quick --set train.epochs=5 --set "seeds=[0]"
+    $ nclens ood experiments/ood_digits_sweep.yaml --out runs/ood_digits_sweep   # α sweep
+    $ nclens ood experiments/ood_digits.yaml --out runs/full --set "transfer.shots_per_class=null"
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train and evaluate the four NC-control variants; write tables, correlations and figures.
 
-        Per variant and layer (encoder, projector): NC1–NC4, OOD detection (AUROC, AUPR, FPR95 of
-        each score and OOD set) and linear-probe transfer accuracy; then the Pearson correlation of
+        Per variant, KoLeo weight α and layer (encoder, projector): NC1–NC4, OOD detection (AUROC,
+        AUPR, FPR95 of each score and OOD set) and linear-probe transfer accuracy (few-shot with
+        transfer.shots_per_class, and on the full transfer split); then the Pearson correlation of
         NC1 with detection and with transfer (Harun, Gallardo & Kanan, ICML 2025).
         """
         from nclens.ood_experiment import format_summary, load_config, run_experiment
