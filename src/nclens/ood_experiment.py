@@ -51,8 +51,6 @@ import io
 import json
 import os
 import time
-import types
-import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from nclens.config import build_config, config_as_dict, load_yaml_config, override_config
 from nclens.heads import ETFProjector
 from nclens.measure import measure
 from nclens.metrics import compute_metrics, nc4_ncc_mismatch
@@ -324,119 +323,24 @@ class OODExperimentConfig:
             raise ValueError("variants and seeds must not be empty")
 
 
-_SECTIONS = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-    "transfer": TransferConfig,
-}
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Coerce a YAML value to a dataclass field's annotated type (tuples, optionals, numbers)."""
-    hint = annotation
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], where)
-    if origin is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-            value = [value]
-        inner = typing.get_args(hint)[0]
-        return tuple(_coerce(v, inner, where) for v in value)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise TypeError(f"{where} must be a mapping, got {value!r}")
-        return {str(k): dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"{where} must be true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not float(value).is_integer():
-            raise TypeError(f"{where} must be an integer, got {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool):
-            raise TypeError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        return str(value)
-    return value
-
-
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise TypeError(f"section {where!r} must be a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in values if k not in names]
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where!r}; valid keys: {', '.join(names)}")
-    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()})
-
-
 def config_from_dict(raw: Mapping[str, Any] | None) -> OODExperimentConfig:
-    """Build a config from a nested dict (YAML), every key checked and typed."""
-    raw = dict(raw or {})
-    top = {k: v for k, v in raw.items() if k not in _SECTIONS}
-    sections = {k: _build(cls, raw.get(k) or {}, k) for k, cls in _SECTIONS.items()}
-    return dataclasses.replace(_build(OODExperimentConfig, top, "experiment"), **sections)
+    """Build a config from a nested dict (YAML), every key checked and typed (:mod:`nclens.config`)."""
+    return build_config(OODExperimentConfig, raw)
 
 
 def config_to_dict(config: OODExperimentConfig) -> dict[str, Any]:
     """A plain, JSON/YAML-ready dict of the config (tuples as lists)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+    return config_as_dict(config)
 
 
 def replace_config(config: OODExperimentConfig, overrides: Iterable[str]) -> OODExperimentConfig:
     """Apply ``key=value`` / ``section.key=value`` overrides (values parsed as YAML)."""
-    import yaml
-
-    raw = config_to_dict(config)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value or section.key=value")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        value = yaml.safe_load(text)
-        if len(parts) == 1:
-            if parts[0] not in raw or parts[0] in _SECTIONS:
-                valid = [k for k in raw if k not in _SECTIONS]
-                raise ValueError(f"unknown key {parts[0]!r}; valid top-level keys: {valid} (or section.key)")
-            raw[parts[0]] = value
-        elif len(parts) == 2 and parts[0] in _SECTIONS:
-            section = raw[parts[0]]
-            if parts[1] not in section:
-                raise ValueError(f"unknown key {parts[1]!r} in section {parts[0]!r}; valid keys: {', '.join(section)}")
-            section[parts[1]] = value
-        else:
-            raise ValueError(f"override key {key!r} must be key or section.key with section in {list(_SECTIONS)}")
-    return config_from_dict(raw)
+    return override_config(config, overrides)
 
 
 def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> OODExperimentConfig:
     """Read a YAML config, then apply ``overrides``."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"config {str(path)!r} must hold a mapping at the top level")
-    return replace_config(config_from_dict(raw), overrides)
+    return load_yaml_config(OODExperimentConfig, path, overrides)
 
 
 # ===================================================================== data
