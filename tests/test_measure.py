@@ -114,3 +114,13 @@ def test_measure_nc4_with_reference_means(tmp_path):
     assert test.metrics["head"]["nc4_ncc_mismatch"] == pytest.approx(expected)
     test.to_json(tmp_path / "r.json")
     assert (tmp_path / "r.json").read_text().startswith("{")
+
+
+def test_hooks_removed_when_the_statistics_reject_a_batch():
+    """An error raised while consuming captured features (NaN features) still removes every hook."""
+    net = SmallCNN()
+    x, y = _data()
+    x[3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        measure(net, [(x, y)], progress=False)
+    assert all(not m._forward_hooks for m in net.modules())

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +175,34 @@ def _forward(model: nn.Module, inputs: Any) -> Any:
     return model(**inputs) if isinstance(inputs, dict) else model(inputs)
 
 
+def _probed_batches(
+    model: nn.Module,
+    loader: Iterable[Any],
+    names: Sequence[str],
+    mode: str,
+    pool: str,
+    device: torch.device,
+    max_batches: int | None,
+    bar: Any,
+) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+    """One pass: for each batch, the (B, D) features of every named layer and the labels on ``device``.
+
+    Hooks are attached for the pass and removed in ``finally`` (also when the forward raises).
+    """
+    with Probe(model, names, mode=mode, pool=pool) as probe, bar as advance:
+        for step, batch in enumerate(loader):
+            if max_batches is not None and step >= max_batches:
+                break
+            inputs, labels = _unpack(batch)
+            probe.clear()
+            _forward(model, _to(inputs, device))
+            missing = [name for name in names if name not in probe.features]
+            if missing:
+                raise RuntimeError(f"layers {missing} were not called in the forward pass")
+            yield probe.features, torch.as_tensor(labels).to(device)
+            advance()
+
+
 def _distributed() -> bool:
     import torch.distributed as dist
 
@@ -233,22 +262,13 @@ def measure(
     model.eval()
     n_samples = 0
     try:
-        with Probe(model, names, mode=mode, pool=pool) as probe, progress_bar(
-            progress, "measuring", total
-        ) as advance:
-            for step, batch in enumerate(loader):
-                if max_batches is not None and step >= max_batches:
-                    break
-                inputs, labels = _unpack(batch)
-                probe.clear()
-                _forward(model, _to(inputs, device))
-                labels = torch.as_tensor(labels).to(device)
+        batches = _probed_batches(model, loader, names, mode, pool, device, max_batches,
+                                  progress_bar(progress, "measuring", total))
+        with closing(batches):  # hooks come off as soon as the pass ends or anything raises
+            for features, labels in batches:
                 for name in names:
-                    if name not in probe.features:
-                        raise RuntimeError(f"layer {name!r} was not called in the forward pass")
-                    stats[name].update(probe.features[name], labels)
+                    stats[name].update(features[name], labels)
                 n_samples += int(labels.shape[0])
-                advance()
         if n_samples == 0:
             raise ValueError("the loader yielded no samples")
         if _distributed():
@@ -299,20 +319,16 @@ def _nc4_pass(
         means[name] = source.means
     counts = torch.zeros(len(heads), 2, dtype=torch.float64, device=device)  # (layers, [mismatch, n])
     order = list(heads)
-    with Probe(model, order, mode=mode, pool=pool) as probe, progress_bar(progress, "nc4 pass", None) as advance:
-        for step, batch in enumerate(loader):
-            if max_batches is not None and step >= max_batches:
-                break
-            inputs, _ = _unpack(batch)
-            probe.clear()
-            _forward(model, _to(inputs, device))
+    batches = _probed_batches(model, loader, order, mode, pool, device, max_batches,
+                              progress_bar(progress, "nc4 pass", None))
+    with closing(batches):
+        for features, _ in batches:
             for i, name in enumerate(order):
                 head = heads[name]
                 bias = head.bias.detach() if head.bias is not None else None
-                bad, n = mismatch_count(probe.features[name], head.weight.detach(), bias, means[name])
+                bad, n = mismatch_count(features[name], head.weight.detach(), bias, means[name])
                 counts[i, 0] += bad
                 counts[i, 1] += n
-            advance()
     if _distributed():
         import torch.distributed as dist
 
