@@ -9,7 +9,16 @@ import torch
 from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
-from nclens.mlab_experiment import MLabConfig, build_model, count_trainable, load_config, multilabel_scores, run_mlab
+from nclens.mlab_experiment import (
+    NC_KEYS,
+    MLabConfig,
+    batch_bounds,
+    build_model,
+    count_trainable,
+    load_config,
+    multilabel_scores,
+    run_mlab,
+)
 
 
 def test_scores_against_sklearn_and_hand_values():
@@ -34,11 +43,29 @@ def test_trainable_parameter_counts_of_the_three_heads():
     assert fixed - dimk == (32 + 1) * (24 - k)  # the last block shrinks from D to K outputs
     model = build_model("fixed_etf_dimk", cfg)
     assert model(torch.zeros(2, 1, 16, 16)).shape == (2, k)
+    # BatchNorm after both convs and the hidden layer: 2·(c1 + c2 + hidden) more trainable parameters, same gaps
+    bn = MLabConfig(hidden=32, feature_dim=24, channels=(4, 8), batch_norm=True)
+    bn_counts = [count_trainable(build_model(v, bn)) for v in bn.variants]
+    assert [b - p for b, p in zip(bn_counts, (learned, fixed, dimk))] == [2 * (4 + 8 + 32)] * 3
+
+
+def test_batch_bounds_cover_every_sample_once():
+    for n, size, min_size in [(10, 4, 1), (9, 4, 2), (9, 4, 1), (5, 0, 2), (5, 7, 2), (1, 0, 2), (64, 64, 2)]:
+        bounds = batch_bounds(n, size, min_size=min_size)
+        assert torch.cat([torch.arange(s, e) for s, e in bounds]).tolist() == list(range(n))
+        assert all(e - s >= min(min_size, n) for s, e in bounds)
+        assert all(e - s <= (n if size == 0 else size + min_size - 1) for s, e in bounds)
+    assert batch_bounds(9, 4, min_size=2) == [(0, 4), (4, 9)]  # a lone trailing sample joins the last batch
+    assert batch_bounds(9, 4) == [(0, 4), (4, 8), (8, 9)]
+    with pytest.raises(ValueError, match="batch_size"):
+        batch_bounds(5, -1)
+    with pytest.raises(ValueError, match="full batch"):
+        MLabConfig(batch_size=-1)
 
 
 def test_run_writes_results_and_resumes(tmp_path):
     cfg = MLabConfig(name="tiny", per_set=(6, 1), test_per_set=(2, 1), classes=(0, 1, 2, 3), channels=(4, 8),
-                     hidden=32, feature_dim=16, epochs=2, eval_every=1, batch_size=16)
+                     hidden=32, feature_dim=16, epochs=2, eval_every=1, batch_size=0, batch_norm=True)
     out = tmp_path / "run"
     summary = run_mlab(cfg, out, progress=False)
     assert [r["variant"] for r in summary["variants"]] == ["learned", "fixed_etf", "fixed_etf_dimk"]
@@ -47,6 +74,13 @@ def test_run_writes_results_and_resumes(tmp_path):
     hist = [json.loads(line) for line in (out / "learned" / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in hist] == [0, 1, 2]
     assert "tagwise_scale_m2" in hist[-1] and 0.0 <= hist[-1]["test_map"] <= 1.0
+    row = summary["variants"][0]
+    for key in NC_KEYS:  # start = epoch 0 (initialisation), fall = start / end
+        assert row[f"{key}_start"] == pytest.approx(hist[0][key])
+        assert row[f"{key}_fall"] == pytest.approx(hist[0][key] / hist[-1][key])
+    falls = {k: row[f"{k}_fall"] for k in NC_KEYS}
+    assert row["min_fall_metric"] == min(falls, key=falls.__getitem__) and row["min_fall"] == min(falls.values())
+    assert "every MLab NC metric fell ≥ 10×" in (out / "report.md").read_text(encoding="utf-8")
     stamp = (out / "fixed_etf" / "result.json").stat().st_mtime_ns
     again = run_mlab(cfg, out, progress=False, figures=False)  # finished variants are reused, not retrained
     assert (out / "fixed_etf" / "result.json").stat().st_mtime_ns == stamp

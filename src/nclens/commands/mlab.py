@@ -39,8 +39,8 @@ def register(app: typer.Typer) -> None:
         folder = out if out is not None else Path("runs") / cfg.name
         summary = run_mlab(cfg, folder, progress=progress, resume=resume, figures=figures)
         table = Table(title=f"{cfg.name} ({cfg.epochs} epochs)")
-        for col in ("variant", "D", "trainable", "s/epoch", "mAP", "F1", "IoU", "nc1", "nc1_sets", "residual m2",
-                    "c_2"):
+        for col in ("variant", "D", "trainable", "s/epoch", "mAP", "F1", "IoU", "nc1", "nc1_sets", "nc2_etf",
+                    "residual m2", "c_2", "min NC fall"):
             table.add_column(col, justify="right")
         def g(r: dict, key: str, spec: str) -> str:
             val = r.get(key)
@@ -50,7 +50,10 @@ def register(app: typer.Typer) -> None:
             table.add_row(r["variant"], str(r["feature_dim"]), f"{r['trainable_params']:,}",
                           f"{r['time_per_epoch_s']:.3f}", f"{100 * r['test_map']:.2f}", f"{100 * r['test_f1']:.2f}",
                           f"{100 * r['test_iou']:.2f}", g(r, "nc1", ".3g"), g(r, "nc1_sets", ".3g"),
-                          g(r, "tagwise_residual_m2", ".3g"), g(r, "tagwise_scale_m2", ".3f"))
-        console = Console(width=max(Console().width, 140))  # the table is wide; never truncate it
+                          g(r, "nc2_etf", ".3g"), g(r, "tagwise_residual_m2", ".3g"), g(r, "tagwise_scale_m2", ".3f"),
+                          f"{g(r, 'min_fall', '.3g')}× ({r.get('min_fall_metric') or '–'})")
+        console = Console(width=max(Console().width, 160))  # the table is wide; never truncate it
         console.print(table)
+        console.print("min NC fall: the smallest (value at initialisation / final value) over the MLab NC metrics "
+                      "of the training features (report.md lists every one)")
         console.print(f"run folder: {folder} (report.md, summary.csv, mlab_nc.png, tagwise_scale.png)")
