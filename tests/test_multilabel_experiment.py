@@ -104,7 +104,7 @@ def test_config_loading_and_cli(tmp_path):
     cfg = load_config(path)
     assert cfg.name == "mlab_x" and cfg.variants == ("fixed_etf_dimk",) and cfg.num_tags == 3
     (tmp_path / "bad.yaml").write_text("epoch: 3\n")
-    with pytest.raises(ValueError, match="unknown setting"):
+    with pytest.raises(ValueError, match="unknown key 'epoch'; valid keys: .*epochs"):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match="variants"):
         MLabConfig(variants=("mlp",))

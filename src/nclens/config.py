@@ -305,7 +305,9 @@ def build_config(cls: type[_C], raw: Mapping[str, Any] | None, where: str = "") 
             raise ValueError(
                 f"unknown key {unknown[0]!r} in section {where!r}; valid keys: {', '.join(sorted(names))}"
             )
-        raise ValueError(f"unknown top-level key {unknown[0]!r}; valid keys: {', '.join(names)}")
+        sectioned = any(dataclasses.is_dataclass(hints[n]) for n in names)
+        where_text = "top-level key" if sectioned else "key"
+        raise ValueError(f"unknown {where_text} {unknown[0]!r}; valid keys: {', '.join(names)}")
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         path = f"{where}.{key}" if where else key

@@ -36,8 +36,8 @@ import csv
 import io
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,20 +134,19 @@ class MLabConfig:
         return 10 if self.classes is None else len(self.classes)
 
 
-def load_config(path: str | Path, **overrides: Any) -> MLabConfig:
-    """Read a YAML config (unknown keys are an error naming the valid ones) and apply overrides."""
-    import yaml
+def load_config(path: str | Path, overrides: Iterable[str] = (), **settings: Any) -> MLabConfig:
+    """Read a YAML config (unknown keys are an error naming the valid ones), apply ``key=value``
+    overrides (:func:`nclens.config.override_config`) and then ``settings`` that are not None.
 
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
-    valid = {f.name for f in fields(MLabConfig)}
-    unknown = sorted(set(raw) - valid)
-    if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}; valid: {sorted(valid)}")
-    raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-    raw.setdefault("name", Path(path).stem)
-    return MLabConfig(**raw)
+    A config without a ``name`` is named after its file.
+    """
+    from nclens.config import load_yaml_config, replace
+
+    cfg = load_yaml_config(MLabConfig, path, overrides)
+    extra = {k: v for k, v in settings.items() if v is not None}
+    if cfg.name == MLabConfig.name:
+        extra.setdefault("name", Path(path).stem)
+    return replace(cfg, **extra) if extra else cfg
 
 
 class MLabNet(nn.Module):

@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="run folder (default runs/<config name>)"),
         epochs: int | None = typer.Option(None, "--epochs", help="override the config's epochs"),
         device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda[:i]"),
+        set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set lr=0.1"),
         resume: bool = typer.Option(True, "--resume/--fresh", help="continue a stopped run in the same folder"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         figures: bool = typer.Option(True, "--figures/--no-figures", help="write mlab_nc.png and tagwise_scale.png"),
@@ -33,7 +34,7 @@ def register(app: typer.Typer) -> None:
         from nclens.mlab_experiment import load_config, run_mlab
 
         try:
-            cfg = load_config(config, epochs=epochs, device=device)
+            cfg = load_config(config, set_, epochs=epochs, device=device)
         except (ValueError, TypeError) as exc:
             raise typer.BadParameter(str(exc)) from exc
         folder = out if out is not None else Path("runs") / cfg.name
