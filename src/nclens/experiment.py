@@ -17,7 +17,7 @@ Example:
     >>> cfg = replace(default_config(), model={"depth": 2, "width": 32},
     ...               train={"epochs": 1, "measure_every": 1, "progress": False})
     >>> out = run_experiment(cfg, tempfile.mkdtemp() + "/run")
-    >>> sorted(p.name for p in out.iterdir())[:3]
+    >>> sorted(p.name for p in out.iterdir() if not p.name.startswith("."))[:3]
     ['checkpoint.pt', 'config.json', 'config.yaml']
 """
 

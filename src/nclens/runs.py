@@ -7,7 +7,7 @@ a half-written file and a crash leaves the previous version intact.
 Example:
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> write_json(d / "m.json", {"nc1": 0.5})
+    >>> _ = write_json(d / "m.json", {"nc1": 0.5})
     >>> read_json(d / "m.json")["nc1"]
     0.5
 """
