@@ -175,3 +175,11 @@ def test_dimension_mismatch_and_memory_guard():
         ClassStats(max_scatter_bytes=1000).update(torch.ones(2, 20), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="cannot merge"):
         ClassStats(num_classes=2).merge(ClassStats(num_classes=3))
+
+
+def test_large_allocation_is_stated_up_front(monkeypatch):
+    import nclens.stats as stats_module
+
+    monkeypatch.setattr(stats_module, "NOTE_BYTES", 1000)
+    with pytest.warns(ResourceWarning, match=r"allocating .* GiB of float64 statistics .*D=20"):
+        ClassStats(num_classes=2).update(torch.ones(2, 20), torch.tensor([0, 1]))

@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +55,9 @@ __all__ = ["ClassStats", "validate_features", "validate_labels", "DEFAULT_MAX_SC
 
 #: Refuse to allocate a D×D float64 scatter larger than this unless told to (8 GiB).
 DEFAULT_MAX_SCATTER_BYTES = 8 * 2**30
+
+#: State the memory up front (a ResourceWarning) when one ClassStats allocates more than this (1 GiB).
+NOTE_BYTES = 2**30
 
 _STATE_VERSION = 2
 
@@ -177,6 +181,15 @@ class ClassStats:
                     f"use scatter='trace' (every metric but nc1), or raise max_scatter_bytes."
                 )
         k = self.num_classes or 0
+        need_total = (dim * dim if self.scatter == "full" else 0) * 8 + 3 * k * dim * 8
+        if need_total > NOTE_BYTES:
+            warnings.warn(
+                f"ClassStats: allocating {need_total / 2**30:.2f} GiB of float64 statistics on {device} "
+                f"(D={dim}, K={k or 'growing'}, scatter={self.scatter!r}); pool the layer or use "
+                f"scatter='trace' for less",
+                ResourceWarning,
+                stacklevel=4,
+            )
         self.dim = dim
         self.device = device
         f64 = dict(dtype=torch.float64, device=device)
