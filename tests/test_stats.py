@@ -183,3 +183,17 @@ def test_large_allocation_is_stated_up_front(monkeypatch):
     monkeypatch.setattr(stats_module, "NOTE_BYTES", 1000)
     with pytest.warns(ResourceWarning, match=r"allocating .* GiB of float64 statistics .*D=20"):
         ClassStats(num_classes=2).update(torch.ones(2, 20), torch.tensor([0, 1]))
+
+
+def test_fast_sums_agree_with_exact_sums_to_float32_precision():
+    """exact_sums=False: within-batch float32 sums; means agree to float32 precision of the spread."""
+    data = gaussian_features(6, 32, 400, radius=3.0, sigma=0.5, offset=2.0, seed=4, dtype=torch.float32)
+    exact, fast = ClassStats(num_classes=6), ClassStats(num_classes=6, exact_sums=False)
+    for i in range(0, data.features.shape[0], 128):
+        exact.update(data.features[i : i + 128], data.labels[i : i + 128])
+        fast.update(data.features[i : i + 128], data.labels[i : i + 128])
+    assert not torch.equal(exact.means, fast.means)  # the two paths really differ ...
+    torch.testing.assert_close(fast.means, exact.means, rtol=0, atol=1e-6 * 0.5)  # ... by < 1e-6 σ
+    torch.testing.assert_close(fast.class_sq, exact.class_sq, rtol=1e-6, atol=0)
+    torch.testing.assert_close(fast.scatter_w, exact.scatter_w, rtol=1e-5, atol=1e-5)
+    assert ClassStats.from_state_dict(fast.state_dict()).exact_sums is False

@@ -129,6 +129,11 @@ class ClassStats:
         device: where the statistics live; by default the device of the first batch.
         max_scatter_bytes: refuse a D×D scatter larger than this with an error that says what to do
             instead (pool the layer, or ``scatter="trace"``).
+        exact_sums: form h − s_y in float64, so class sums, means and squared deviations are exact
+            sums of the input values (default). ``False`` forms and sums them in float32 within each
+            batch for float32/bf16/fp16 input (means then accurate to float32 precision *relative to
+            the within-class spread*; the scatter's precision is that of the float32 GEMM either way)
+            and saves a pass over a float64 copy of the batch.
 
     Canonical views (float64, on ``device``; derived from the shifted moments, cached):
         counts: (K,) n_c.
@@ -147,6 +152,7 @@ class ClassStats:
         scatter: str = "full",
         device: torch.device | str | None = None,
         max_scatter_bytes: int = DEFAULT_MAX_SCATTER_BYTES,
+        exact_sums: bool = True,
     ) -> None:
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
@@ -159,6 +165,7 @@ class ClassStats:
         self.scatter = scatter
         self.device = torch.device(device) if device is not None else None
         self.max_scatter_bytes = int(max_scatter_bytes)
+        self.exact_sums = bool(exact_sums)
         self.counts: Tensor | None = None
         self.label_values: Tensor | None = None
         self._shift: Tensor | None = None  # (K, D) s_c
@@ -351,21 +358,27 @@ class ClassStats:
     def _batch_moments(
         self, x: Tensor, inverse: Tensor, shift: Tensor, compute: torch.dtype
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(t_b (K_b, D), q_b (K_b,), S_b (D, D) or None) of one batch around ``shift`` in ``compute`` dtype."""
+        """(t_b (K_b, D), q_b (K_b,), S_b (D, D) or None) of one batch around ``shift`` in ``compute`` dtype.
+
+        ``exact_sums``: h − s_y is formed in float64, so t_b and q_b (hence the means) are exact sums of
+        the input values. Otherwise, for float32 compute, h − s_y is formed and summed in float32 within
+        the batch (then accumulated in float64): one pass fewer over a float64 copy of the batch.
+        """
         kb = shift.shape[0]
-        # h − s_y in float64 (exact sums and squares, hence exact means), in place in a reused buffer
-        wide = self._workspace("centred64", x.shape, torch.float64, x.device)
-        torch.index_select(shift, 0, inverse, out=wide)  # (B, D) s_y
-        wide.neg_().add_(x)  # h − s_y (x promoted to float64)
-        t_b = torch.zeros(kb, self.dim, dtype=torch.float64, device=x.device).index_add_(0, inverse, wide)
-        q_b = torch.zeros(kb, dtype=torch.float64, device=x.device).index_add_(
-            0, inverse, torch.linalg.vector_norm(wide, dim=1).square()
+        wide_dtype = torch.float64 if (self.exact_sums or compute == torch.float64) else compute
+        centred = self._workspace(f"centred_{wide_dtype}", x.shape, wide_dtype, x.device)
+        torch.index_select(shift.to(wide_dtype), 0, inverse, out=centred)  # (B, D) s_y
+        torch.sub(x, centred, out=centred)  # h − s_y in one pass, in a reused buffer
+        t_b = torch.zeros(kb, self.dim, dtype=wide_dtype, device=x.device).index_add_(0, inverse, centred)
+        q_b = torch.zeros(kb, dtype=wide_dtype, device=x.device).index_add_(
+            0, inverse, torch.linalg.vector_norm(centred, dim=1).square()
         )
+        t_b, q_b = t_b.to(torch.float64), q_b.to(torch.float64)
         s_b = None
         if self._tscatter is not None:  # the one GEMM, on the class-centred batch in the compute dtype
-            narrow = wide if compute == torch.float64 else self._workspace(
-                "centred", x.shape, compute, x.device
-            ).copy_(wide)
+            narrow = centred if centred.dtype == compute else self._workspace(
+                f"centred_{compute}", x.shape, compute, x.device
+            ).copy_(centred)
             s_b = narrow.T @ narrow
         return t_b, q_b, s_b
 
@@ -531,6 +544,7 @@ class ClassStats:
             "dim": -1 if self.dim is None else self.dim,
             "scatter": self.scatter,
             "exact64": self._exact64,
+            "exact_sums": self.exact_sums,
         }
         if self.initialized:
             state.update(
@@ -554,6 +568,7 @@ class ClassStats:
         self.scatter = str(state["scatter"])
         self.dim = None if d < 0 else d
         self._exact64 = bool(state.get("exact64", False))
+        self.exact_sums = bool(state.get("exact_sums", True))
         self._cache = {}
         if "counts" not in state:
             self.counts = self.label_values = self._shift = self._tsum = self._tsq = self._tscatter = None
