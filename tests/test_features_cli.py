@@ -87,3 +87,10 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path, feats):
     (tmp_path / "f.csv").write_text("1,2\n")
     result = runner.invoke(app, ["measure", str(tmp_path / "f.csv")])
     assert result.exit_code == 2 and ".npz or .safetensors" in " ".join(result.output.split())
+
+
+def test_version_flag():
+    import nclens
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == nclens.__version__

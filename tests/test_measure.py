@@ -124,3 +124,15 @@ def test_hooks_removed_when_the_statistics_reject_a_batch():
     with pytest.raises(ValueError, match="NaN or Inf"):
         measure(net, [(x, y)], progress=False)
     assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_top_level_api_measure_is_callable_and_still_a_module():
+    import nclens
+    import nclens.measure as measure_module
+
+    net = SmallCNN()
+    x, y = _data()
+    report = nclens.measure(net, [(x, y)], layers=["head"], progress=False)
+    assert isinstance(report, nclens.CollapseReport) and report.layers == ["head"]
+    assert measure_module.CollapseReport is nclens.CollapseReport
+    assert nclens.ClassStats is not None and callable(nclens.compute_metrics)

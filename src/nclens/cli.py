@@ -27,16 +27,21 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the nclens version and exit."),
-) -> None:
-    """nclens: measure, explain and exploit neural collapse (see `nclens COMMAND --help`)."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from nclens import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the nclens version and exit.", callback=_print_version, is_eager=True
+    ),
+) -> None:
+    """nclens: measure, explain and exploit neural collapse (see `nclens COMMAND --help`)."""
 
 
 def _register_all() -> None:

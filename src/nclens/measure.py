@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -335,3 +337,14 @@ def _nc4_pass(
         dist.all_reduce(counts)
     for i, name in enumerate(order):
         metrics[name]["nc4_ncc_mismatch"] = float(counts[i, 0] / counts[i, 1])
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``nclens.measure(model, loader, ...)`` call :func:`measure` while ``nclens.measure`` stays the
+    module (``from nclens.measure import CollapseReport`` and ``import nclens.measure as m`` still work)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CollapseReport:
+        return measure(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -453,7 +453,7 @@ def nc4_ncc_mismatch(features: Tensor, weight: Tensor, bias: Tensor | None, mean
     """Fraction of samples with argmax(W h + b) ≠ argmin_c ‖h − μ_c‖ (Papyan et al. 2020).
 
     ``means`` should come from the training data (``ClassStats.means``). For streaming use, sum
-    ``mismatch_count`` over batches (see :class:`nclens.measure.NCCMismatch`).
+    ``mismatch_count`` over batches (as :func:`nclens.measure.measure` does with ``nc4=True``).
     """
     count, n = mismatch_count(features, weight, bias, means)
     if n == 0:
