@@ -49,7 +49,7 @@ from nclens.heads import FixedETFClassifier
 from nclens.losses import LOSSES
 from nclens.metrics.multilabel import multilabel_metrics
 from nclens.multilabel import MultiLabelStats
-from nclens.runs import atomic_write_bytes, atomic_write_text, package_versions, read_json, write_json
+from nclens.runs import atomic_write_bytes, atomic_write_text, package_versions, read_json, write_json, write_png
 
 __all__ = [
     "VARIANTS",
@@ -372,15 +372,6 @@ def _read_history(vdir: Path) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------- figures
-def _png(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_nc(histories: Mapping[str, list[dict[str, Any]]], path: Path) -> None:
     """MLab NC metrics over epochs (log scale), one panel per metric, one line per variant."""
     import matplotlib
@@ -406,7 +397,7 @@ def plot_nc(histories: Mapping[str, list[dict[str, Any]]], path: Path) -> None:
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("MLab NC of the training features (multilabel-digits, PAL loss)")
     fig.tight_layout()
-    _png(fig, path)
+    write_png(fig, path, tight=False)
 
 
 def plot_tagwise(histories: Mapping[str, list[dict[str, Any]]], path: Path) -> None:
@@ -432,7 +423,7 @@ def plot_tagwise(histories: Mapping[str, list[dict[str, Any]]], path: Path) -> N
         ax.legend(fontsize=8)
     fig.suptitle("Tag-wise scale: μ_S − μ_G¹ ≈ c_m · mean of the tags' singleton means")
     fig.tight_layout()
-    _png(fig, path)
+    write_png(fig, path, tight=False)
 
 
 # -------------------------------------------------------------------- run

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import os
 import time
@@ -79,7 +78,14 @@ from nclens.ood import (
 )
 from nclens.probe import Probe
 from nclens.regularizers import koleo_loss
-from nclens.runs import atomic_write_bytes, atomic_write_text, package_versions, read_json, read_jsonl, write_json
+from nclens.runs import (
+    atomic_write_text,
+    package_versions,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_png,
+)
 
 __all__ = [
     "VARIANTS",
@@ -987,10 +993,7 @@ def _figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], summary: Sequence
     written = []
 
     def save(fig, name: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        atomic_write_bytes(out_dir / name, buf.getvalue())
+        write_png(fig, out_dir / name)
         written.append(name)
 
     panels = (

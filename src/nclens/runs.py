@@ -36,6 +36,7 @@ __all__ = [
     "package_versions",
     "run_folder_lock",
     "RunFolderBusy",
+    "write_png",
 ]
 
 
@@ -104,6 +105,20 @@ def to_jsonable(value: Any) -> Any:
 def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON atomically (tensors/arrays converted, NaN written as null)."""
     return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n")
+
+
+def write_png(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120, tight: bool = True) -> Path:
+    """Render a matplotlib figure to PNG, close it, and write the bytes atomically."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

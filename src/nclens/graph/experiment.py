@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from nclens.graph.sbm import SBMDataset, SBMSpec, regular_degrees
-from nclens.runs import append_jsonl, atomic_write_bytes, atomic_write_text, package_versions, write_json
+from nclens.runs import append_jsonl, atomic_write_text, package_versions, write_json, write_png
 
 __all__ = ["ModelSettings", "TrainSettings", "SpectralSettings", "GUFMSettings", "ExperimentConfig", "run_experiment"]
 
@@ -240,12 +240,6 @@ def _gufm(cfg: ExperimentConfig, progress: bool) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------- figures
-def _png(fig) -> bytes:  # noqa: ANN001 - matplotlib Figure
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def _figures(cfg: ExperimentConfig, out: Path, layers: dict[str, Any], spectral: dict[str, Any],
              gufm: dict[str, Any] | None, log: list[dict[str, Any]]) -> list[str]:
     import matplotlib
@@ -274,7 +268,7 @@ def _figures(cfg: ExperimentConfig, out: Path, layers: dict[str, Any], spectral:
     axes[1].set_ylabel("NC1 of iterate")
     axes[1].set_title("spectral baselines")
     axes[1].legend()
-    atomic_write_bytes(out / "nc1_layers.png", _png(fig))
+    write_png(fig, out / "nc1_layers.png")
     plt.close(fig)
     written.append("nc1_layers.png")
 
@@ -293,7 +287,7 @@ def _figures(cfg: ExperimentConfig, out: Path, layers: dict[str, Any], spectral:
     axes[1].set_ylim(-0.05, 1.05)
     axes[1].set_title("spectral baselines vs GNN")
     axes[1].legend()
-    atomic_write_bytes(out / "overlap.png", _png(fig))
+    write_png(fig, out / "overlap.png")
     plt.close(fig)
     written.append("overlap.png")
 
@@ -309,7 +303,7 @@ def _figures(cfg: ExperimentConfig, out: Path, layers: dict[str, Any], spectral:
         ax.set_ylabel("NC1(H)")
         ax.set_title(f"gUFM, N={cfg.graph.num_nodes}, C={cfg.graph.num_classes}, p={cfg.graph.p}, q={cfg.graph.q}")
         ax.legend()
-        atomic_write_bytes(out / "gufm.png", _png(fig))
+        write_png(fig, out / "gufm.png")
         plt.close(fig)
         written.append("gufm.png")
     return written

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -30,7 +29,15 @@ from typing import Any
 
 import torch
 
-from nclens.runs import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl, to_jsonable, write_json
+from nclens.runs import (
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_jsonl,
+    to_jsonable,
+    write_json,
+    write_png,
+)
 
 __all__ = [
     "DimensionSweepConfig",
@@ -186,15 +193,6 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _write_png(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def _start_run(out: Path, kind: str, config: Any) -> None:
     from nclens.runs import package_versions
 
@@ -312,7 +310,7 @@ def _plot_dimension(agg: Any, config: DimensionSweepConfig, path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     ax.grid(alpha=0.3)
-    _write_png(fig, path)
+    write_png(fig, path)
 
 
 # ---------------------------------------------------------------- real features
@@ -522,7 +520,7 @@ def _plot_real(config: RealFeaturesConfig, agg: Any, out: Path) -> None:
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(f"{config.dataset}: private head ({config.algorithm}) on pre-trained features", fontsize=10)
-    _write_png(fig, out / "accuracy_vs_epsilon.png")
+    write_png(fig, out / "accuracy_vs_epsilon.png")
 
     fig, axes = plt.subplots(1, len(remedies), figsize=(4.2 * len(remedies), 3.8), sharey=True, squeeze=False)
     for ax, remedy in zip(axes[0], remedies):
@@ -537,7 +535,7 @@ def _plot_real(config: RealFeaturesConfig, agg: Any, out: Path) -> None:
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("accuracy against feature shift (one point per checkpoint)", fontsize=10)
-    _write_png(fig, out / "accuracy_vs_shift.png")
+    write_png(fig, out / "accuracy_vs_shift.png")
 
 
 def run_experiment(
