@@ -667,6 +667,22 @@ def real_stack(W: ArrayLike) -> Array:
     )
 
 
+def _cross_block(cross: ArrayLike | None, columns: int, name: str, needed_with: str) -> tuple[Array, bool]:
+    """A cross-term block T (rows: error components, one column per score) and whether it was a vector.
+
+    Raises:
+        ValueError: ``cross`` missing although ``needed_with`` was given, or the wrong number of columns.
+    """
+    if cross is None:
+        raise ValueError(f"{name} is required with {needed_with}")
+    block = np.asarray(cross, dtype=np.float64)
+    vector = block.ndim == 1
+    block = np.atleast_2d(block)
+    if block.shape[1] != columns:
+        raise ValueError(f"{name.split()[0]} must have {columns} columns, got shape {block.shape}")
+    return block, vector
+
+
 def _factor(real: bool) -> float:
     """2 for circular complex normal measurements, 1 for real normal ones."""
     return 1.0 if real else 2.0
@@ -837,23 +853,11 @@ def cn_mean_mixed_bound(
     G = D = None
     if jacobian is not None:
         G = _cols(jacobian, N, "jacobian")
-        if fisher_cross is None:
-            raise ValueError("fisher_cross (dm/dtheta) is required with jacobian")
-        Tf = np.asarray(fisher_cross, dtype=np.float64)
-        vector = Tf.ndim == 1
-        Tf = np.atleast_2d(Tf)
-        if Tf.shape[1] != G.shape[1]:
-            raise ValueError(f"fisher_cross must have {G.shape[1]} columns, got shape {Tf.shape}")
+        Tf, vector = _cross_block(fisher_cross, G.shape[1], "fisher_cross (dm/dtheta)", "jacobian")
         blocks_T.append(Tf)
     if deltas is not None:
         D = _cols(deltas, N, "deltas")
-        if barankin_cross is None:
-            raise ValueError("barankin_cross (m(theta_i) - m(theta)) is required with deltas")
-        Tb = np.asarray(barankin_cross, dtype=np.float64)
-        vector = Tb.ndim == 1
-        Tb = np.atleast_2d(Tb)
-        if Tb.shape[1] != D.shape[1]:
-            raise ValueError(f"barankin_cross must have {D.shape[1]} columns, got shape {Tb.shape}")
+        Tb, vector = _cross_block(barankin_cross, D.shape[1], "barankin_cross (m(theta_i) - m(theta))", "deltas")
     if G is None and D is None:
         raise ValueError("give at least one score family: jacobian (Fisher) and/or deltas (Barankin)")
     J_blocks: list[list[Array]] = []
