@@ -16,10 +16,10 @@ import torch
 from sklearn.covariance import empirical_covariance
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
+from nclens.core.geometry import simplex_etf
+from nclens.core.metrics import compute_metrics, nc1, sigma_b, sigma_w
+from nclens.core.stats import ClassStats
 from nclens.data import expected_nc1, gaussian_features
-from nclens.geometry import simplex_etf
-from nclens.metrics import compute_metrics, nc1, sigma_b, sigma_w
-from nclens.stats import ClassStats
 
 
 def two_pass_nc1(x: np.ndarray, y: np.ndarray) -> float:

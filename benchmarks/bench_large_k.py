@@ -28,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stats import _status_kib, set_threads  # noqa: E402
 
-import nclens.metrics.multiclass as mc  # noqa: E402
-from nclens import metrics  # noqa: E402
-from nclens.stats import ClassStats  # noqa: E402
+import nclens.core.metrics.multiclass as mc  # noqa: E402
+from nclens.core import metrics  # noqa: E402
+from nclens.core.stats import ClassStats  # noqa: E402
 
 BUDGET_GIB = 24 * 10**9 / 2**30  # 24 GB
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--metrics",
         default="nc1,nc1_trace,within_share,nc2_equinorm,nc2_equiangular,nc2_etf,cdnv",
-        help="comma-separated metric names (nclens.metrics functions)",
+        help="comma-separated metric names (nclens.core.metrics functions)",
     )
     parser.add_argument("--out", type=Path, default=None, help="folder for bench_large_k.json")
     args = parser.parse_args(argv)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_gib": peak,
     }
     if args.out is not None:
-        from nclens.runs import write_json
+        from nclens.core.io import write_json
 
         write_json(args.out / "bench_large_k.json", result)
     return result

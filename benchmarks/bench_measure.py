@@ -12,7 +12,7 @@ Run::
 Methods (interleaved, median of repeats, same loader):
 
 * ``forward``: ``model(x)`` for every batch under ``torch.no_grad()`` — the floor;
-* ``measure``: :func:`nclens.measure.measure` (one pass, all five layers, every metric);
+* ``measure``: :func:`nclens.core.measure.measure` (one pass, all five layers, every metric);
 * ``two_pass``: pass 1 forward + class means, pass 2 forward + scatter around the global means,
   then the same metrics — what a measurement without mergeable one-pass statistics costs;
 * ``store_all``: forward keeping every feature of every layer, then statistics and metrics.
@@ -33,10 +33,10 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stats import set_threads, time_interleaved  # noqa: E402
 
-from nclens.measure import measure  # noqa: E402
-from nclens.metrics import compute_metrics  # noqa: E402
-from nclens.probe import Probe  # noqa: E402
-from nclens.stats import ClassStats  # noqa: E402
+from nclens.core.measure import measure  # noqa: E402
+from nclens.core.metrics import compute_metrics  # noqa: E402
+from nclens.core.probe import Probe  # noqa: E402
+from nclens.core.stats import ClassStats  # noqa: E402
 
 LAYERS = ["stage1", "stage2", "stage3", "flatten", "fc"]
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"one pass >= 1.8x faster than two: {'met' if ratios['two_pass_over_measure'] >= 1.8 else 'MISSED'}")
     result = {"config": vars(args) | {"out": str(args.out)}, "seconds": times, "ratios": ratios}
     if args.out is not None:
-        from nclens.runs import write_json
+        from nclens.core.io import write_json
 
         write_json(args.out / "bench_measure.json", result)
     return result

@@ -4,8 +4,8 @@ Run::
 
     python benchmarks/bench_scaling.py --out runs/bench_scaling      # writes scaling.json, scaling.png
 
-Each point streams N seeded float32 samples (batch 1024) through :class:`nclens.stats.ClassStats`
-and then computes every metric (:func:`nclens.metrics.compute_metrics`); it records the seconds of
+Each point streams N seeded float32 samples (batch 1024) through :class:`nclens.core.stats.ClassStats`
+and then computes every metric (:func:`nclens.core.metrics.compute_metrics`); it records the seconds of
 the pass and of the metrics and the rise of the peak resident set (VmHWM). One axis varies at a time
 around the base point. The fitted log-log slope is printed per axis: time should grow ~N¹ (pass),
 ~D² (the GEMM), and the pass should not grow with K beyond the O(K·D) statistics; memory is flat in N.
@@ -25,10 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stats import peak_rss_rise, set_threads, synthetic_batches  # noqa: E402
 
-from nclens.metrics import compute_metrics
-from nclens.metrics.multiclass import STATS_METRICS  # noqa: E402
-from nclens.runs import atomic_write_bytes, write_json  # noqa: E402
-from nclens.stats import ClassStats  # noqa: E402
+from nclens.core.io import atomic_write_bytes, write_json  # noqa: E402
+from nclens.core.metrics import compute_metrics
+from nclens.core.metrics.multiclass import STATS_METRICS  # noqa: E402
+from nclens.core.stats import ClassStats  # noqa: E402
 
 
 def one_point(n: int, d: int, k: int, batch: int) -> dict[str, float]:

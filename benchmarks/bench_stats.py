@@ -9,7 +9,7 @@ Methods, all over the same list of float32 batches held in memory:
 
 * ``gemm_floor``: one XᵀX per batch (float32 GEMM) added to a float64 D×D accumulator — the least
   any one-pass second-moment method can do;
-* ``classstats``: :meth:`nclens.stats.ClassStats.update` per batch (class-centred GEMM, exact float64
+* ``classstats``: :meth:`nclens.core.stats.ClassStats.update` per batch (class-centred GEMM, exact float64
   class sums); ``cs_fast``: the same with ``exact_sums=False`` (within-batch float32 sums);
 * ``two_pass``: pass 1 class sums (float64), pass 2 features centred on the global class means,
   float32 GEMM, float64 accumulation (needs the data twice: a second forward pass in real use);
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from nclens.stats import ClassStats
+from nclens.core.stats import ClassStats
 
 Batches = list[tuple[Tensor, Tensor]]
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"(state {ClassStats(k, d).memory_bytes() / 2**20:.1f} MiB)")
     result = {"config": vars(args) | {"out": str(args.out)}, "seconds": times, "ratios": ratios, "peak_mib": memory}
     if args.out is not None:
-        from nclens.runs import write_json
+        from nclens.core.io import write_json
 
         write_json(args.out / "bench_stats.json", result)
     return result

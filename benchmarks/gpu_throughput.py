@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from nclens.stats import ClassStats
+from nclens.core.stats import ClassStats
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 

@@ -6,14 +6,21 @@ The core at the top level::
     report = nclens.measure(model, loader, layers=["fc1", "fc2"])   # a CollapseReport
     stats = nclens.ClassStats(num_classes=10).update(features, labels)
     nclens.compute_metrics(stats)
+
+The layout by role is described in ARCHITECTURE.md: :mod:`nclens.core` (the engine),
+:mod:`nclens.nn`, :mod:`nclens.models`, :mod:`nclens.data`, :mod:`nclens.train`, :mod:`nclens.runs`,
+:mod:`nclens.report`, one subpackage per research system, and :mod:`nclens.cli`.
 """
 
-from nclens import measure
-from nclens.measure import CollapseReport
-from nclens.metrics import compute_metrics
-from nclens.probe import Probe
-from nclens.stats import ClassStats
+from nclens import _compat
+from nclens.core import measure  # the module; callable as nclens.measure(model, loader, ...)
+from nclens.core.measure import CollapseReport
+from nclens.core.metrics import compute_metrics
+from nclens.core.probe import Probe
+from nclens.core.stats import ClassStats
 
 __version__ = "0.1.0"
 
 __all__ = ["ClassStats", "CollapseReport", "Probe", "compute_metrics", "measure", "__version__"]
+
+_compat.install()

@@ -11,6 +11,8 @@ import torch
 
 pytest.importorskip("torch_geometric")
 
+from nclens.core.metrics import nc1, nc1_trace  # noqa: E402
+from nclens.core.stats import ClassStats  # noqa: E402
 from nclens.graph.gnn import (  # noqa: E402
     GNNConfig,
     GraphConvGNN,
@@ -24,8 +26,6 @@ from nclens.graph.gufm import GUFMConfig, _adjacency, gufm_grads, solve_gufm  # 
 from nclens.graph.nc import node_nc, sbm_coefficients, trace_ratios, transfer_matrices  # noqa: E402
 from nclens.graph.sbm import sbm_graph, sbm_regular_graph  # noqa: E402
 from nclens.graph.spectral import bethe_hessian, normalized_laplacian, power_iteration  # noqa: E402
-from nclens.metrics import nc1, nc1_trace  # noqa: E402
-from nclens.stats import ClassStats  # noqa: E402
 
 # A small graph with an isolated node (4): edges 0-1, 0-2, 1-2, 2-3.
 EI = torch.tensor([[0, 1, 0, 2, 1, 2, 2, 3], [1, 0, 2, 0, 2, 1, 3, 2]])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nclens.geometry import simplex_etf
+from nclens.core.geometry import simplex_etf
 
 __all__ = ["GaussianFeatures", "gaussian_features", "expected_nc1"]
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from nclens.geometry import random_orthonormal, simplex_etf
+from nclens.core.geometry import random_orthonormal, simplex_etf
 
 __all__ = [
     "MultiLabelSplit",

@@ -38,8 +38,8 @@ from typing import Any
 
 import torch
 
+from nclens.core.io import append_jsonl, atomic_write_text, package_versions, write_json, write_png
 from nclens.graph.sbm import SBMDataset, SBMSpec, regular_degrees
-from nclens.runs import append_jsonl, atomic_write_text, package_versions, write_json, write_png
 
 __all__ = ["ModelSettings", "TrainSettings", "SpectralSettings", "GUFMSettings", "ExperimentConfig", "run_experiment"]
 
@@ -116,14 +116,14 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
         """Build from a (YAML-loaded) mapping; unknown keys are an error naming the valid ones."""
-        from nclens.config import build_config
+        from nclens.runs.config import build_config
 
         return build_config(cls, data)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
         """Load a YAML experiment file and apply ``section.key=value`` overrides."""
-        from nclens.config import load_yaml_config
+        from nclens.runs.config import load_yaml_config
 
         return load_yaml_config(cls, path, overrides)
 
@@ -345,7 +345,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
     gufm = _gufm(cfg, progress) if cfg.gufm.enabled else None
     if gufm is not None:
         write_json(out / "gufm.json", gufm)
-    from nclens.runs import read_jsonl
+    from nclens.core.io import read_jsonl
 
     figures = _figures(cfg, out, layers, spectral, gufm, read_jsonl(out / "train_log.jsonl"))
     rows = layers["layers"]

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from nclens.core.metrics import nc1
+from nclens.core.stats import ClassStats
 from nclens.graph.gnn import mean_aggregate
 from nclens.graph.sbm import degrees_per_class
-from nclens.metrics import nc1
-from nclens.stats import ClassStats
 
 __all__ = ["StructuralCondition", "structural_condition", "GUFMConfig", "GUFMResult", "gufm_grads", "solve_gufm"]
 

@@ -2,7 +2,7 @@
 
 For node features H^(l) (features as columns; here rows = nodes) at every depth l and for the
 neighbour-averaged features H^(l) Â (Â = A D⁻¹, row i = mean of the neighbours of node i), the
-canonical metrics of DESIGN.md are computed from :class:`~nclens.stats.ClassStats` with node masks:
+canonical metrics of DESIGN.md are computed from :class:`~nclens.core.stats.ClassStats` with node masks:
 nc1 = Tr(Σ_W Σ_B⁺)/C, nc1_trace = Tr Σ_W/Tr Σ_B, nc2_etf, and at the last hidden layer nc3 of H
 against the head's W1 and of H Â against its W2.
 
@@ -36,9 +36,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
+from nclens.core.metrics import nc1, nc1_trace, nc2_etf, nc3_duality, nc3_etf, sigma_b, sigma_w
+from nclens.core.stats import ClassStats
 from nclens.graph.gnn import mean_aggregate
-from nclens.metrics import nc1, nc1_trace, nc2_etf, nc3_duality, nc3_etf, sigma_b, sigma_w
-from nclens.stats import ClassStats
 
 __all__ = [
     "node_stats",

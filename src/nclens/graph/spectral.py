@@ -31,9 +31,9 @@ import math
 import torch
 from torch import Tensor
 
+from nclens.core.metrics import nc1, nc1_trace
+from nclens.core.stats import ClassStats
 from nclens.graph.gnn import overlap
-from nclens.metrics import nc1, nc1_trace
-from nclens.stats import ClassStats
 
 __all__ = ["bethe_hessian", "normalized_laplacian", "power_operator", "power_iteration", "kmeans_overlap"]
 

@@ -101,7 +101,7 @@ def etf_like_matrix(rows: int, cols: int, *, seed: int = 0, dtype: torch.dtype =
     Square case (rows = cols = d): √(d/(d−1)) (I − 11ᵀ/d), whose rows have unit norm and pairwise
     cosine −1/(d−1) — a simplex ETF of d vertices spanning the d−1 dimensional space 1^⊥.
     Rectangular case: the rows of a simplex ETF of ``rows`` vertices in R^cols
-    (:func:`nclens.geometry.simplex_etf`, unit norm, seeded rotation) when rows <= cols + 1, else
+    (:func:`nclens.core.geometry.simplex_etf`, unit norm, seeded rotation) when rows <= cols + 1, else
     the square ETF's first ``cols`` columns repeated/cut to shape and rows renormalised.
 
     Example:
@@ -115,7 +115,7 @@ def etf_like_matrix(rows: int, cols: int, *, seed: int = 0, dtype: torch.dtype =
         d = rows
         w = math.sqrt(d / (d - 1)) * (torch.eye(d, dtype=torch.float64) - 1.0 / d)
     elif rows <= cols + 1:
-        from nclens.geometry import simplex_etf
+        from nclens.core.geometry import simplex_etf
 
         w = simplex_etf(rows, cols, radius=1.0, seed=seed)
     else:

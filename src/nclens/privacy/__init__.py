@@ -7,7 +7,7 @@
   shift/perturbation, NoisyGD on top, Monte Carlo beside the closed form;
 - :mod:`~nclens.privacy.heads` — NoisyGD / DP-SGD linear heads on frozen features through Opacus
   (imported lazily: ``pip install nclens[privacy]``), and the normalisation / PCA remedies;
-- :mod:`~nclens.privacy.experiments` — accuracy vs dimension, and private fine-tuning of real
+- :mod:`~nclens.privacy.experiment` — accuracy vs dimension, and private fine-tuning of real
   features from checkpoints with different collapse levels.
 
 Example:

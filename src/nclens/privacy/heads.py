@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nclens.stats import validate_features, validate_labels
+from nclens.core.stats import validate_features, validate_labels
 
 __all__ = [
     "PrivateHeadConfig",

@@ -16,14 +16,14 @@ Since Σ_i ‖h̃_i − R e_{y_i}‖² = Σ_i ‖h̃_i − μ̃_{y_i}‖² + Σ_
 weighted orthogonal Procrustes problem of the class means (Schönemann 1966): with
 A = Σ_c n_c μ̃_c e_cᵀ = U S Vᵀ (thin SVD), R* = U Vᵀ. Hence shift² = within² + means², where
 within² = Σ_c Σ_{i∈c} ‖h_i − μ_c‖²/(N r²) and means² = Σ_c (n_c/N) ‖μ̃_c − R* e_c‖² — both
-functions of :class:`~nclens.stats.ClassStats` alone (one pass, mergeable, any layer).
+functions of :class:`~nclens.core.stats.ClassStats` alone (one pass, mergeable, any layer).
 
 ``normalise="sample"`` centres on μ_G and scales every feature to unit norm (the paper's feature
 normalisation) before the same alignment; it needs the samples (:func:`feature_shift`).
 
 Example:
     >>> import torch
-    >>> from nclens.geometry import simplex_etf
+    >>> from nclens.core.geometry import simplex_etf
     >>> from nclens.privacy import feature_shift
     >>> means = simplex_etf(4, 16, radius=3.0, seed=0)          # exact ETF features, any scale
     >>> y = torch.arange(40) % 4
@@ -41,9 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nclens.geometry import simplex_etf
-from nclens.metrics import centred_means
-from nclens.stats import ClassStats, validate_features, validate_labels
+from nclens.core.geometry import simplex_etf
+from nclens.core.metrics import centred_means
+from nclens.core.stats import ClassStats, validate_features, validate_labels
 
 __all__ = [
     "FeatureShift",
@@ -109,7 +109,7 @@ def etf_alignment(means: Tensor, weights: Tensor | None = None) -> Tensor:
     Example:
         >>> import torch
         >>> from nclens.privacy.shift import etf_alignment, ideal_etf
-        >>> from nclens.geometry import random_orthonormal
+        >>> from nclens.core.geometry import random_orthonormal
         >>> m = ideal_etf(3) @ random_orthonormal(5, 2, seed=1).T      # rotated ETF in R^5
         >>> torch.allclose(etf_alignment(m), m)
         True
@@ -139,12 +139,12 @@ def feature_shift_from_stats(stats: ClassStats) -> FeatureShift:
     mean of class means and r² = mean_c ‖μ_c − μ_G‖² (module docstring; Wang et al. 2024).
 
     Args:
-        stats: :class:`~nclens.stats.ClassStats` of one layer (``scatter="full"`` or ``"trace"``),
+        stats: :class:`~nclens.core.stats.ClassStats` of one layer (``scatter="full"`` or ``"trace"``),
             at least 2 classes, none empty, dimension D >= K−1.
 
     Example:
         >>> import torch
-        >>> from nclens.stats import ClassStats
+        >>> from nclens.core.stats import ClassStats
         >>> from nclens.data import gaussian_features
         >>> f = gaussian_features(num_classes=4, dim=8, per_class=500, sigma=0.1, seed=0)
         >>> s = feature_shift_from_stats(ClassStats(num_classes=4).update(f.features, f.labels))
@@ -230,7 +230,7 @@ def layer_feature_shift(source: Any) -> dict[str, FeatureShift]:
     """Feature shift of every measured layer.
 
     Args:
-        source: a :class:`~nclens.measure.CollapseReport` (anything with a ``.stats`` mapping) or a
+        source: a :class:`~nclens.core.measure.CollapseReport` (anything with a ``.stats`` mapping) or a
             mapping ``layer name -> ClassStats``.
 
     Returns:

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nclens.geometry import simplex_etf
+from nclens.core.geometry import simplex_etf
+from nclens.core.stats import ClassStats
 from nclens.privacy.accounting import noisy_gd_epsilon
 from nclens.privacy.shift import feature_shift_from_stats
-from nclens.stats import ClassStats
 
 __all__ = [
     "SimulationConfig",

@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from nclens.runs import atomic_write_bytes, read_json, read_jsonl  # noqa: E402
+from nclens.core.io import atomic_write_bytes, read_json, read_jsonl  # noqa: E402
 
 __all__ = [
     "fig_within_share_depth",

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nclens.runs import atomic_write_text, read_json, read_jsonl
+from nclens.core.io import atomic_write_text, read_json, read_jsonl
 
 __all__ = ["html_table", "headline", "write_html", "TABLE_COLUMNS"]
 
