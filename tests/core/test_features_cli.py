@@ -35,7 +35,10 @@ def test_cli_json_keys_and_values(tmp_path, feats, suffix):
     result = runner.invoke(app, ["measure", str(path), "--json", str(out)])
     assert result.exit_code == 0, result.output
     got = json.loads(out.read_text())
-    assert list(got) == list(MULTICLASS_METRIC_NAMES)
+    # every registered metric a feature file can give (the layer and NCC-accuracy metrics need a model)
+    expected = [n for n in MULTICLASS_METRIC_NAMES if n not in ("ncc_accuracy", "subspace_alignment",
+                                                                 "assoc_memory_alignment")]
+    assert list(got) == expected
     ref = reference_metrics(x, y, w, b)
     for name, value in ref.items():
         assert math.isclose(got[name], value, rel_tol=1e-8, abs_tol=1e-12), name
@@ -48,7 +51,8 @@ def test_without_weight_any_integer_labels(tmp_path, feats):
     np.savez(tmp_path / "b.npz", features=x, labels=y)
     a = measure_features(load_feature_file(tmp_path / "a.npz"))
     b = measure_features(load_feature_file(tmp_path / "b.npz"))
-    assert set(a) == {"nc1", "nc1_trace", "within_share", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc2_etf"}
+    assert set(a) == {"nc1", "nc1_trace", "within_share", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc2_etf",
+                      "effective_rank"}
     for name in a:
         assert math.isclose(a[name], b[name], rel_tol=1e-12)
 
@@ -76,10 +80,6 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path, feats):
     _invoke_bad(tmp_path, {"features": x, "labels": np.zeros_like(y)}, "at least 2 classes")
     _invoke_bad(tmp_path, {"features": x, "labels": y, "weight": w[:, :3]}, "weight must be K×D with D=10")
     _invoke_bad(tmp_path, {"features": x, "labels": y + 1, "weight": w}, "labels must lie in [0, 3]")
-    single = y.copy()
-    single[:] = np.arange(160) % 3
-    single[0] = 3
-    _invoke_bad(tmp_path, {"features": x, "labels": single}, "at least 2 samples per class")
     _invoke_bad(tmp_path, {"feats": x}, "lacks ['features', 'labels']")
     _invoke_bad(tmp_path, {"features": np.array([{"a": 1}], dtype=object), "labels": np.array([0])}, "pickle")
     result = runner.invoke(app, ["measure", str(tmp_path / "missing.npz")])
@@ -87,6 +87,21 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path, feats):
     (tmp_path / "f.csv").write_text("1,2\n")
     result = runner.invoke(app, ["measure", str(tmp_path / "f.csv")])
     assert result.exit_code == 2 and ".npz or .safetensors" in " ".join(result.output.split())
+
+
+def test_single_sample_class_leaves_only_cdnv_undefined(tmp_path, feats):
+    x, y, _, _ = feats
+    single = np.arange(160) % 3
+    single[0] = 3  # class 3 has one sample: its variance, hence cdnv, is undefined; nothing else is
+    np.savez(tmp_path / "s.npz", features=x, labels=single)
+    out = tmp_path / "s.json"
+    result = runner.invoke(app, ["measure", str(tmp_path / "s.npz"), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    got = json.loads(out.read_text())
+    assert got["cdnv"] is None
+    ref = reference_metrics(x, single)
+    for name in ("nc1", "nc1_trace", "within_share", "nc2_etf"):
+        assert math.isclose(got[name], ref[name], rel_tol=1e-8), name
 
 
 def test_version_flag():

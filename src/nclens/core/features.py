@@ -14,7 +14,7 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> np.savez(path, features=rng.normal(size=(60, 4)), labels=np.arange(60) % 3 * 7)
     >>> sorted(measure_features(load_feature_file(path)))[:3]
-    ['cdnv', 'nc1', 'nc1_trace']
+    ['cdnv', 'effective_rank', 'nc1']
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def measure_features(
     n = data.features.shape[0]
     for start in range(0, n, batch_size):
         stats.update(data.features[start : start + batch_size], data.labels[start : start + batch_size])
-    metrics = compute_metrics(stats, data.weight, effective_rank_too=False)
+    metrics = compute_metrics(stats, data.weight)
     if data.weight is not None:
         bad = 0
         for start in range(0, n, batch_size):

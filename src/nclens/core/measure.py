@@ -41,7 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from nclens.core.io import to_jsonable, write_json
-from nclens.core.metrics import MULTICLASS_METRIC_NAMES, compute_metrics, mismatch_count
+from nclens.core.metrics import compute_metrics, mismatch_count
+from nclens.core.metrics.registry import order_columns
 from nclens.core.probe import Probe
 from nclens.core.stats import ClassStats
 
@@ -83,8 +84,7 @@ class CollapseReport:
 
         frame = pd.DataFrame.from_dict(self.metrics, orient="index")
         frame.index.name = "layer"
-        ordered = [c for c in (*MULTICLASS_METRIC_NAMES, "effective_rank") if c in frame.columns]
-        return frame[ordered + [c for c in frame.columns if c not in ordered]]
+        return frame[order_columns(frame.columns)]
 
     def __str__(self) -> str:
         return format_table(self.metrics, title="neural collapse per layer")
@@ -98,8 +98,7 @@ def format_table(metrics: dict[str, dict[str, float]], title: str | None = None,
     columns: list[str] = []
     for row in metrics.values():
         columns += [c for c in row if c not in columns]
-    canonical = [*MULTICLASS_METRIC_NAMES, "effective_rank"]
-    columns.sort(key=lambda c: canonical.index(c) if c in canonical else len(canonical))
+    columns = order_columns(columns)
     table = Table(title=title)
     table.add_column(row_header)
     for col in columns:

@@ -502,21 +502,15 @@ def _ncc_and_means(
     return acc, means
 
 
-def _or_none(fn: Callable[..., float], *args: Any) -> float | None:
-    try:
-        return fn(*args)
-    except ValueError:
-        return None
-
-
 @torch.no_grad()
 def _lenient_measure(
     model: nn.Module, batches: Any, names: list[str], mode: str, pool: str, num_classes: int, device: torch.device
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, Any]]:
     """Like :func:`nclens.core.measure.measure`, but a metric that is undefined for a degenerate layer
     (identical class means, an absent class) is recorded as ``None`` instead of stopping training."""
+    from nclens.core.errors import UndefinedMetricWarning
     from nclens.core.measure import classifier_layers
-    from nclens.core.metrics import STATS_METRICS, WEIGHT_METRICS, effective_rank
+    from nclens.core.metrics import compute_metrics
     from nclens.core.probe import Probe
     from nclens.core.stats import ClassStats
 
@@ -537,16 +531,11 @@ def _lenient_measure(
     heads = classifier_layers(model, names, mode, num_classes)
     metrics: dict[str, dict[str, float | None]] = {}
     for n in names:
-        present = stats[n].present()
         w = heads[n].weight.detach().to(torch.float64) if n in heads else None
-        row: dict[str, float | None] = {}
-        for key, fn in STATS_METRICS.items():
-            row[key] = _or_none(fn, present)
-        if w is not None:
-            for key, fn in WEIGHT_METRICS.items():
-                row[key] = _or_none(fn, present, w)
-        row["effective_rank"] = _or_none(effective_rank, present)
-        metrics[n] = row
+        with warnings.catch_warnings():  # an undefined metric is logged as null in layers.jsonl
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            row = compute_metrics(stats[n].present(), w, on_undefined="nan")
+        metrics[n] = {k: (None if math.isnan(v) else v) for k, v in row.items()}
     return metrics, stats
 
 

@@ -18,9 +18,8 @@ from collections.abc import Iterable
 
 from torch import Tensor
 
+from nclens.core.metrics import registry
 from nclens.core.metrics.multiclass import (
-    STATS_METRICS,
-    WEIGHT_METRICS,
     cdnv,
     centred_means,
     effective_rank,
@@ -38,16 +37,23 @@ from nclens.core.metrics.multiclass import (
     nc3_etf,
     nc4_ncc_mismatch,
     ncc_predict,
+    scatter_available,
     sigma_b,
     sigma_w,
     total_covariance,
     within_share,
 )
+from nclens.core.metrics.registry import get_metric, metric_names, metric_specs, register_metric
 from nclens.core.stats import ClassStats
 
 __all__ = [
     "compute_metrics",
     "MULTICLASS_METRIC_NAMES",
+    "registry",
+    "register_metric",
+    "get_metric",
+    "metric_names",
+    "metric_specs",
     "cdnv",
     "centred_means",
     "effective_rank",
@@ -71,24 +77,8 @@ __all__ = [
     "within_share",
 ]
 
-#: The multi-class metric names of DESIGN.md, in table order.
-MULTICLASS_METRIC_NAMES: tuple[str, ...] = (
-    "nc1",
-    "nc1_trace",
-    "within_share",
-    "cdnv",
-    "nc2_equinorm",
-    "nc2_equinorm_w",
-    "nc2_equiangular",
-    "nc2_equiangular_w",
-    "nc2_etf",
-    "nc2_etf_w",
-    "nc3_duality",
-    "nc3_etf",
-    "nc4_ncc_mismatch",
-)
-
-_NEEDS_FULL_SCATTER = {"nc1", "effective_rank"}
+#: The multi-class metric names of the registry, in table order (kept for 0.1 callers).
+MULTICLASS_METRIC_NAMES: tuple[str, ...] = metric_names("multiclass")
 
 
 def compute_metrics(
@@ -96,42 +86,30 @@ def compute_metrics(
     weight: Tensor | None = None,
     *,
     names: Iterable[str] | None = None,
-    effective_rank_too: bool = True,
+    on_undefined: str = "nan",
 ) -> dict[str, float]:
-    """Every applicable multi-class metric of ``stats`` (and of ``weight`` when given).
+    """Every applicable multi-class metric of the registry for ``stats`` (and ``weight`` when given).
 
     Args:
         stats: per-class statistics of one layer.
         weight: optional classifier W (K×D), row k for the k-th class in ascending label order.
-        names: restrict to these metric names (an unknown name is an error listing the valid ones).
-        effective_rank_too: add ``effective_rank`` (needs the full scatter).
+        names: restrict to these metric names (an unknown name, or one whose needs are not met, is an
+            error that says why).
+        on_undefined: ``"nan"`` — an undefined metric (coinciding means, a class with fewer samples
+            than the metric needs) is NaN and one :class:`~nclens.core.errors.UndefinedMetricWarning`
+            names it and why; ``"raise"`` — the :class:`~nclens.core.errors.UndefinedMetricError`
+            propagates.
 
     Returns:
-        ``{name: value}``; metrics needing the D×D scatter are left out for ``scatter='trace'``
-        statistics, and metrics needing ``weight`` are left out without it. nc4 needs samples and is
-        computed by :func:`nclens.core.measure.measure` or the CLI, not here.
+        ``{name: value}`` in registry order. Metrics needing the D×D scatter are left out for
+        ``scatter="trace"`` statistics, metrics needing ``weight`` without it; metrics needing a pass
+        over samples (nc4, NCC accuracy) come from :func:`nclens.core.measure.measure`.
     """
-    valid = set(STATS_METRICS) | set(WEIGHT_METRICS) | {"effective_rank"}
-    wanted = list(names) if names is not None else None
-    if wanted is not None:
-        unknown = [n for n in wanted if n not in valid]
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; valid names: {sorted(valid)}")
-    trace_only = stats.scatter_w is None
+    if not isinstance(stats, ClassStats):
+        raise TypeError(f"compute_metrics expects ClassStats, got {type(stats).__name__}")
+    have = scatter_available(stats) | ({"weight"} if weight is not None else set())
+    return registry.evaluate(stats, weight, kind="multiclass", have=have, names=names, on_undefined=on_undefined)
 
-    def keep(name: str) -> bool:
-        if wanted is not None and name not in wanted:
-            return False
-        return not (trace_only and name in _NEEDS_FULL_SCATTER)
 
-    out: dict[str, float] = {}
-    for name, fn in STATS_METRICS.items():
-        if keep(name):
-            out[name] = fn(stats)
-    if weight is not None:
-        for name, fn in WEIGHT_METRICS.items():
-            if keep(name):
-                out[name] = fn(stats, weight)
-    if effective_rank_too and keep("effective_rank"):
-        out["effective_rank"] = effective_rank(stats)
-    return out
+# the multi-label metrics register themselves on import; load them so the registry is complete
+from nclens.core.metrics import multilabel as _multilabel  # noqa: E402,F401

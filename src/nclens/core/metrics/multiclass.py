@@ -34,7 +34,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from nclens.core.errors import UndefinedMetricError
 from nclens.core.geometry import etf_gram
+from nclens.core.metrics.registry import register_metric
 from nclens.core.stats import ClassStats
 
 __all__ = [
@@ -59,8 +61,7 @@ __all__ = [
     "effective_rank",
     "total_covariance",
     "etf_dist_of_product",
-    "STATS_METRICS",
-    "WEIGHT_METRICS",
+    "scatter_available",
 ]
 
 #: Elements of one row block in the pairwise reductions (b×K float64 ≈ 128 MiB).
@@ -82,7 +83,9 @@ def _checked(stats: ClassStats, min_classes: int = 2) -> ClassStats:
             f"pass stats.present() to measure only the classes seen"
         )
     if stats.n_classes < min_classes:
-        raise ValueError(f"neural-collapse metrics need at least {min_classes} classes, got K={stats.n_classes}")
+        raise ValueError(
+            f"neural-collapse metrics need at least {min_classes} classes, got K={stats.n_classes}"
+        )
     return stats
 
 
@@ -135,7 +138,7 @@ def sigma_w(stats: ClassStats) -> Tensor:
     """Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ (D×D), from the pooled scatter."""
     stats = _checked(stats)
     if stats.scatter_w is None:
-        raise ValueError("Σ_W needs the full scatter; these statistics were kept with scatter='trace'")
+        raise UndefinedMetricError("Σ_W needs the full scatter; these statistics were kept with scatter='trace'")
     return stats.scatter_w / stats.total
 
 
@@ -168,7 +171,7 @@ def _means_svd(m: Tensor) -> tuple[Tensor, Tensor]:
         evals, v = evals.flip(0), v.flip(1)
         s = evals.clamp_min(0).sqrt()
     if s.numel() == 0 or float(s[0]) == 0.0:
-        raise ValueError("all class means coincide: Σ_B = 0, NC metrics are undefined")
+        raise UndefinedMetricError("all class means coincide: Σ_B = 0, NC metrics are undefined")
     # M̄'s rows sum to zero (centred at μ_G, or weighted-sum to zero), so rank M̄ <= K−1: the K-th
     # singular value is rounding noise and is dropped structurally; the tolerance drops the rest.
     s, v = s[: k - 1], v[:, : k - 1]
@@ -206,7 +209,7 @@ def nc1_trace(stats: ClassStats, *, weighted: bool = False) -> float:
     stats = _checked(stats)
     tb = _trace_b(centred_means(stats, weighted=weighted))
     if float(tb) == 0.0:
-        raise ValueError("all class means coincide: Tr Σ_B = 0")
+        raise UndefinedMetricError("all class means coincide: Tr Σ_B = 0")
     return float(_trace_w(stats) / tb)
 
 
@@ -214,6 +217,8 @@ def within_share(stats: ClassStats, *, weighted: bool = False) -> float:
     """Tr Σ_W / (Tr Σ_W + Tr Σ_B) (Rangamani et al. 2023): 0 = fully collapsed, 1 = no class signal."""
     stats = _checked(stats)
     tw, tb = _trace_w(stats), _trace_b(centred_means(stats, weighted=weighted))
+    if float(tw + tb) == 0.0:
+        raise UndefinedMetricError("within_share is undefined: Tr Σ_W + Tr Σ_B = 0 (all features are equal)")
     return float(tw / (tw + tb))
 
 
@@ -338,24 +343,36 @@ def cdnv(stats: ClassStats) -> float:
     stats = _checked(stats)
     single = (stats.counts < 2).nonzero().flatten()
     if single.numel():
-        raise ValueError(
+        raise UndefinedMetricError(
             f"cdnv needs at least 2 samples per class to estimate σ_c²; classes "
             f"{stats.label_values[single][:10].tolist()} have fewer"
         )
     value = _pairwise_reductions(stats, weighted=False).cdnv
     if not math.isfinite(value):
-        raise ValueError("cdnv is undefined: two classes have identical means")
+        raise UndefinedMetricError("cdnv is undefined: two classes have identical means")
     return value
 
 
 # -------------------------------------------------------------------- NC2
+def _no_zero_rows(rows: Tensor) -> None:
+    zero = (rows.norm(dim=1) == 0).nonzero().flatten()
+    if zero.numel():
+        raise UndefinedMetricError(
+            f"angles are undefined: {zero.numel()} of {rows.shape[0]} rows (centred means or classifier rows) are 0, "
+            f"e.g. rows {zero[:5].tolist()}"
+        )
+
+
 def _equinorm(rows: Tensor) -> float:
     norms = rows.norm(dim=1)
+    if float(norms.mean()) == 0.0:
+        raise UndefinedMetricError("equinormness is undefined: every row (centred class mean or classifier row) is 0")
     return float(norms.std(correction=0) / norms.mean())
 
 
 def _equiangular(rows: Tensor) -> float:
     k = rows.shape[0]
+    _no_zero_rows(rows)
     unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     return float(_offdiag_mean(unit, unit, lambda g, _: (g + 1.0 / (k - 1)).abs()))
 
@@ -397,7 +414,11 @@ def nc2_equiangular(stats: ClassStats, *, weighted: bool = False) -> float:
     """mean over c≠c′ of |cos(μ̄_c, μ̄_c′) + 1/(K−1)| (Papyan et al. 2020).
 
     From the pass over the K×K pairs shared with ``cdnv`` and ``nc2_etf`` (cached on ``stats``).
+
+    Raises:
+        UndefinedMetricError: a centred class mean is 0 (its angle to the others is undefined).
     """
+    _no_zero_rows(centred_means(stats, weighted=weighted))
     return _pairwise_reductions(stats, weighted=weighted).equiangular
 
 
@@ -411,7 +432,10 @@ def nc2_etf(stats: ClassStats, *, weighted: bool = False) -> float:
 
     From the pass over the K×K pairs shared with ``cdnv`` and ``nc2_equiangular`` (cached on ``stats``).
     """
-    return _pairwise_reductions(stats, weighted=weighted).etf
+    value = _pairwise_reductions(stats, weighted=weighted).etf
+    if not math.isfinite(value):
+        raise UndefinedMetricError("nc2_etf is undefined: all class means coincide (M̄M̄ᵀ = 0)")
+    return value
 
 
 def nc2_etf_w(weight: Tensor) -> float:
@@ -425,6 +449,8 @@ def nc3_duality(stats: ClassStats, weight: Tensor, *, weighted: bool = False) ->
     """‖Wᵀ/‖W‖_F − M̄ᵀ/‖M̄‖_F‖_F² (self-duality; Papyan et al. 2020)."""
     m = centred_means(stats, weighted=weighted)
     w = _check_weight(weight, *m.shape).to(m.device)
+    if float(torch.linalg.matrix_norm(m)) == 0.0 or float(torch.linalg.matrix_norm(w)) == 0.0:
+        raise UndefinedMetricError("nc3_duality is undefined: the centred means or the classifier are 0")
     return float((w / torch.linalg.matrix_norm(w) - m / torch.linalg.matrix_norm(m)).square().sum())
 
 
@@ -432,7 +458,10 @@ def nc3_etf(stats: ClassStats, weight: Tensor, *, weighted: bool = False) -> flo
     """ETFdist(W M̄ᵀ) (Zhu et al. 2021)."""
     m = centred_means(stats, weighted=weighted)
     w = _check_weight(weight, *m.shape).to(m.device)
-    return float(etf_dist_of_product(w, m))
+    value = float(etf_dist_of_product(w, m))
+    if not math.isfinite(value):
+        raise UndefinedMetricError("nc3_etf is undefined: W M̄ᵀ = 0")
+    return value
 
 
 # -------------------------------------------------------------------- NC4
@@ -498,22 +527,53 @@ def effective_rank(stats: ClassStats) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-#: Metrics computed from statistics alone, by name.
-STATS_METRICS: dict[str, Callable[[ClassStats], float]] = {
-    "nc1": nc1,
-    "nc1_trace": nc1_trace,
-    "within_share": within_share,
-    "cdnv": cdnv,
-    "nc2_equinorm": nc2_equinorm,
-    "nc2_equiangular": nc2_equiangular,
-    "nc2_etf": nc2_etf,
-}
+# ------------------------------------------------------------- the registry
+_PAPYAN, _ZHU = "Papyan, Han & Donoho 2020", "Zhu et al. 2021"
+_R = dict(kind="multiclass")
+register_metric("nc1", lambda s, w: nc1(s), needs={"scatter"}, family="NC1", source=_PAPYAN,
+                definition="Tr(Σ_W Σ_B⁺)/K, Σ_B⁺ on its nonzero eigenspace (rank ≤ K−1)", **_R)
+register_metric("nc1_trace", lambda s, w: nc1_trace(s), family="NC1", source="Tirer et al. 2023; Rangamani et al. 2023",
+                definition="Tr Σ_W / Tr Σ_B", **_R)
+register_metric("within_share", lambda s, w: within_share(s), family="NC1", source="Rangamani et al. 2023",
+                definition="Tr Σ_W / (Tr Σ_W + Tr Σ_B)", **_R)
+register_metric("cdnv", lambda s, w: cdnv(s), family="NC1", source="Galanti et al. 2022", min_per_class=2,
+                definition="mean over c≠c′ of (σ_c² + σ_c′²)/(2‖μ_c − μ_c′‖²), σ_c² = mean ‖h − μ_c‖² in c", **_R)
+register_metric("nc2_equinorm", lambda s, w: nc2_equinorm(s), family="NC2", source=_PAPYAN,
+                definition="std_c ‖μ_c − μ_G‖ / mean_c ‖μ_c − μ_G‖ (population std)", **_R)
+register_metric("nc2_equinorm_w", lambda s, w: nc2_equinorm_w(w), needs={"weight"}, family="NC2", source=_PAPYAN,
+                definition="std_k ‖w_k‖ / mean_k ‖w_k‖ over the rows of W", **_R)
+register_metric("nc2_equiangular", lambda s, w: nc2_equiangular(s), family="NC2", source=_PAPYAN,
+                definition="mean over c≠c′ of |cos(μ̄_c, μ̄_c′) + 1/(K−1)|", **_R)
+register_metric("nc2_equiangular_w", lambda s, w: nc2_equiangular_w(w), needs={"weight"}, family="NC2",
+                source=_PAPYAN, definition="mean over k≠k′ of |cos(w_k, w_k′) + 1/(K−1)|", **_R)
+register_metric("nc2_etf", lambda s, w: nc2_etf(s), family="NC2", source=_ZHU, definition="ETFdist(M̄M̄ᵀ)", **_R)
+register_metric("nc2_etf_w", lambda s, w: nc2_etf_w(w), needs={"weight"}, family="NC2", source=_ZHU,
+                definition="ETFdist(WWᵀ)", **_R)
+register_metric("nc3_duality", nc3_duality, needs={"weight"}, family="NC3", source=_PAPYAN,
+                definition="‖Wᵀ/‖W‖_F − M̄ᵀ/‖M̄‖_F‖_F²", **_R)
+register_metric("nc3_etf", nc3_etf, needs={"weight"}, family="NC3", source=_ZHU, definition="ETFdist(WM̄ᵀ)", **_R)
+register_metric("nc4_ncc_mismatch", None, needs={"weight", "samples"}, family="NC4", source=_PAPYAN,
+                definition="fraction of samples with argmax(Wh + b) ≠ argmin_c ‖h − μ_c‖ (training means)",
+                **_R)
+register_metric("ncc_accuracy", None, needs={"samples"}, family="NC4", source="Rangamani et al. 2023",
+                definition="fraction of samples with argmin_c ‖h − μ_c‖ = y (means from the training data)", **_R)
+register_metric("effective_rank", lambda s, w: effective_rank(s), needs={"full_scatter"}, family="spread",
+                source="Roy & Vetterli 2007; used by Harun et al. 2025",
+                definition="exp(entropy of the normalised eigenvalues of the total covariance)", **_R)
+register_metric("subspace_alignment", None, needs={"layer"}, family="alignment", source="Rangamani et al. 2023",
+                definition="mean singular value of V_Wᵀ U_M: top-K right singular vectors of the layer's W vs "
+                "top-K left singular vectors of its uncentred input class means (1 = aligned)", **_R)
+register_metric("assoc_memory_alignment", None, needs={"layer"}, family="alignment",
+                source="Rangamani et al. 2023 (discussion)",
+                definition="Frobenius cosine of W_l and Σ_c μ_c^out μ_c^inᵀ (the layer's input/output class means)",
+                **_R)
 
-#: Metrics that also need the classifier weight W (K×D).
-WEIGHT_METRICS: dict[str, Callable[[ClassStats, Tensor], float]] = {
-    "nc2_equinorm_w": lambda s, w: nc2_equinorm_w(w),
-    "nc2_equiangular_w": lambda s, w: nc2_equiangular_w(w),
-    "nc2_etf_w": lambda s, w: nc2_etf_w(w),
-    "nc3_duality": nc3_duality,
-    "nc3_etf": nc3_etf,
-}
+
+def scatter_available(stats: ClassStats) -> set[str]:
+    """What ``stats`` offers among the registry's needs: ``{"scatter", "full_scatter"}``, a subset, or none."""
+    mode = getattr(stats, "scatter", "full")
+    if mode == "full":
+        return {"scatter", "full_scatter"}
+    if mode == "projected" and getattr(stats, "projection_phase", None) == "done":
+        return {"scatter"}
+    return set()

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nclens.core.errors import UndefinedMetricError
+from nclens.core.metrics import registry
 from nclens.core.metrics.multiclass import (
     nc1 as _mc_nc1,
 )
@@ -51,6 +53,7 @@ from nclens.core.metrics.multiclass import (
     nc3_duality,
     nc3_etf,
 )
+from nclens.core.metrics.registry import register_metric
 from nclens.core.multilabel import MultiLabelStats
 from nclens.core.stats import validate_features
 
@@ -100,7 +103,7 @@ def _checked(stats: MultiLabelStats) -> MultiLabelStats:
             f"ETF and the tag-wise averages); tags without singletons: {missing or 'all'}"
         )
     if stats.num_tags < 2:
-        raise ValueError(f"MLab NC metrics need at least 2 tags, got K={stats.num_tags}")
+        raise UndefinedMetricError(f"MLab NC metrics need at least 2 tags, got K={stats.num_tags}")
     return stats
 
 
@@ -113,7 +116,7 @@ def singleton_centred_means(stats: MultiLabelStats) -> Tensor:
 def _pinv_trace(sw: Tensor, centred: Tensor) -> float:
     """Tr(Σ_W Σ_B⁺)/K with Σ_B = M̄ᵀM̄/K, in the nonzero eigenspace of Σ_B (no D×D inverse)."""
     if float(centred.abs().max()) == 0.0:
-        raise ValueError("all singleton means coincide: Σ_B = 0, NC1 is undefined")
+        raise UndefinedMetricError("all singleton means coincide: Σ_B = 0, NC1 is undefined")
     return nc1_from_moments(sw, centred)
 
 
@@ -129,7 +132,7 @@ def nc1_sets(stats: MultiLabelStats) -> float:
     """
     stats = _checked(stats)
     if stats.sets.scatter_w is None:
-        raise ValueError("nc1_sets needs the full scatter; these statistics were kept with scatter='trace'")
+        raise UndefinedMetricError("nc1_sets needs the full scatter; these statistics were kept with scatter='trace'")
     sw = stats.sets.scatter_w / stats.sets.total
     return _pinv_trace(sw, singleton_centred_means(stats))
 
@@ -177,7 +180,7 @@ def tagwise_scales(stats: MultiLabelStats) -> dict[int, dict[str, Tensor]]:
     a_sq = a.square().sum(1)
     tiny = torch.finfo(torch.float64).tiny
     if bool((a_sq <= tiny).any()):
-        raise ValueError("a tag-wise average a_S is zero: the singleton means are degenerate")
+        raise UndefinedMetricError("a tag-wise average a_S is zero: the singleton means are degenerate")
     c = (v * a).sum(1) / a_sq  # (S',)
     v_norm = v.norm(dim=1)
     resid = (v - c[:, None] * a).norm(dim=1) / v_norm.clamp_min(tiny)
@@ -224,7 +227,7 @@ def tagwise_angle_ratio(stats: MultiLabelStats) -> float:
     members = stats.set_labels.to(centred.device, torch.float64)
     pairs = members.sum(1) == 2
     if not bool(pairs.any()):
-        raise ValueError("tagwise_angle_ratio needs label sets of multiplicity 2 (pairs); none present")
+        raise UndefinedMetricError("tagwise_angle_ratio needs label sets of multiplicity 2 (pairs); none present")
     v = stats.sets.means[pairs.to(stats.sets.means.device)].to(centred.device) - stats.singles.means.mean(0)
     pm = members[pairs]  # (P, K)
     abar = pm @ centred  # (P, D)
@@ -232,40 +235,82 @@ def tagwise_angle_ratio(stats: MultiLabelStats) -> float:
     num = _angle(v, abar).mean()
     den = _angle(abar[:, None, :].expand(-1, 2, -1), centred[tags]).mean()  # (P, 2) angles
     if float(den) == 0.0:
-        raise ValueError("tagwise_angle_ratio is undefined: tag-wise averages coincide with their tags")
+        raise UndefinedMetricError("tagwise_angle_ratio is undefined: tag-wise averages coincide with their tags")
     return float(num / den)
 
 
-def multilabel_metrics(stats: MultiLabelStats, weight: Tensor | None = None) -> dict[str, float]:
-    """Every applicable MLab NC metric of ``stats`` (and of the classifier ``weight`` (K×D) if given).
+def _tagwise_scale_family(stats: MultiLabelStats, weight: Tensor | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m, per in sorted(tagwise_scales(stats).items()):
+        out[f"tagwise_scale_m{m}"] = float(per["scale"].mean())
+        out[f"tagwise_scale_m{m}_std"] = float(per["scale"].std(correction=0))
+    return out
+
+
+def _tagwise_residual_family(stats: MultiLabelStats, weight: Tensor | None) -> dict[str, float]:
+    return {f"tagwise_residual_m{m}": float(per["residual"].mean()) for m, per in sorted(tagwise_scales(stats).items())}
+
+
+def _angle_ratio_if_pairs(stats: MultiLabelStats, weight: Tensor | None) -> dict[str, float]:
+    if not bool((_checked(stats).multiplicities == 2).any()):
+        return {}  # no pairs: the metric does not apply (left out, not undefined)
+    return {"tagwise_angle_ratio": tagwise_angle_ratio(stats)}
+
+
+def _w64(weight: Tensor) -> Tensor:
+    return torch.as_tensor(weight).detach().to(torch.float64)
+
+
+_LI = "Li, Li, Wang & Qu 2024"
+_ML = dict(kind="multilabel")
+register_metric("nc1", lambda s, w: ml_nc1(s), needs={"scatter"}, family="NC1", source=_LI,
+                definition="nc1 over singleton samples, Σ_B from the singleton means", **_ML)
+register_metric("nc1_sets", lambda s, w: nc1_sets(s), needs={"scatter"}, family="NC1", source=_LI,
+                definition="Tr(Σ_W^sets Σ_B⁺)/K, Σ_W^sets pooled over all samples around their own label-set mean",
+                **_ML)
+register_metric("nc2_equinorm", lambda s, w: ml_nc2_equinorm(s), family="NC2", source=_LI,
+                definition="nc2_equinorm of the singleton means centred at μ_G¹", **_ML)
+register_metric("nc2_equiangular", lambda s, w: ml_nc2_equiangular(s), family="NC2", source=_LI,
+                definition="nc2_equiangular of the singleton means centred at μ_G¹", **_ML)
+register_metric("nc2_etf", lambda s, w: ml_nc2_etf(s), family="NC2", source=_LI,
+                definition="nc2_etf of the singleton means centred at μ_G¹", **_ML)
+register_metric("nc2_equinorm_w", lambda s, w: nc2_equinorm_w(_w64(w)), needs={"weight"}, family="NC2", source=_LI,
+                definition="std_k ‖w_k‖ / mean_k ‖w_k‖", **_ML)
+register_metric("nc2_equiangular_w", lambda s, w: nc2_equiangular_w(_w64(w)), needs={"weight"}, family="NC2",
+                source=_LI, definition="mean over k≠k′ of |cos(w_k, w_k′) + 1/(K−1)|", **_ML)
+register_metric("nc2_etf_w", lambda s, w: nc2_etf_w(_w64(w)), needs={"weight"}, family="NC2", source=_LI,
+                definition="ETFdist(WWᵀ)", **_ML)
+register_metric("nc3_duality", lambda s, w: nc3_duality(_checked(s).singles, _w64(w)), needs={"weight"},
+                family="NC3", source=_LI, definition="nc3_duality of W and the centred singleton means", **_ML)
+register_metric("nc3_etf", lambda s, w: nc3_etf(_checked(s).singles, _w64(w)), needs={"weight"}, family="NC3",
+                source=_LI, definition="ETFdist(W M̄₁ᵀ), M̄₁ the centred singleton means", **_ML)
+register_metric("tagwise_scale_m{m}", _tagwise_scale_family, family="tag-wise", source=_LI,
+                definition="for |S| = m ≥ 2: mean (and `_std`) over S of c_S = ⟨μ_S − μ_G¹, a_S⟩/‖a_S‖², "
+                "a_S = (1/m) Σ_{k∈S} (μ_k − μ_G¹)", **_ML)
+register_metric("tagwise_residual_m{m}", _tagwise_residual_family, family="tag-wise", source=_LI,
+                definition="mean over |S| = m of ‖(μ_S − μ_G¹) − c_S a_S‖/‖μ_S − μ_G¹‖ (0 = exact tag-wise average)",
+                **_ML)
+register_metric("tagwise_angle_ratio", _angle_ratio_if_pairs, family="tag-wise", source="nclens (centred variant)",
+                definition="pairs S = {i, j}: mean_S ∠(μ_S − μ_G¹, μ̄_i + μ̄_j) / mean_{S, k∈S} ∠(μ̄_i + μ̄_j, μ̄_k); "
+                "not comparable with Li et al.'s numbers", **_ML)
+
+
+def multilabel_metrics(
+    stats: MultiLabelStats, weight: Tensor | None = None, *, names: Any = None, on_undefined: str = "nan"
+) -> dict[str, float]:
+    """Every applicable registered MLab NC metric of ``stats`` (and of the classifier ``weight`` (K×D)).
 
     Keys: ``nc1``, ``nc1_sets`` (full scatter only), ``nc2_etf``, ``nc2_equinorm``, ``nc2_equiangular``,
     ``tagwise_scale_m{m}``, ``tagwise_scale_m{m}_std``, ``tagwise_residual_m{m}`` for each m ≥ 2
     present, ``tagwise_angle_ratio`` (when pairs exist); with ``weight`` also ``nc2_*_w``,
-    ``nc3_duality`` and ``nc3_etf``.
+    ``nc3_duality`` and ``nc3_etf``. ``names`` and ``on_undefined`` as in
+    :func:`~nclens.core.metrics.compute_metrics`.
     """
     stats = _checked(stats)
-    out: dict[str, float] = {}
-    if stats.singles.scatter_w is not None:
-        out["nc1"] = ml_nc1(stats)
-        out["nc1_sets"] = nc1_sets(stats)
-    out["nc2_equinorm"] = ml_nc2_equinorm(stats)
-    out["nc2_equiangular"] = ml_nc2_equiangular(stats)
-    out["nc2_etf"] = ml_nc2_etf(stats)
-    if weight is not None:
-        w = torch.as_tensor(weight).detach().to(torch.float64)
-        out["nc2_equinorm_w"] = nc2_equinorm_w(w)
-        out["nc2_equiangular_w"] = nc2_equiangular_w(w)
-        out["nc2_etf_w"] = nc2_etf_w(w)
-        out["nc3_duality"] = nc3_duality(stats.singles, w)
-        out["nc3_etf"] = nc3_etf(stats.singles, w)
-    for m, per in sorted(tagwise_scales(stats).items()):
-        out[f"tagwise_scale_m{m}"] = float(per["scale"].mean())
-        out[f"tagwise_scale_m{m}_std"] = float(per["scale"].std(correction=0))
-        out[f"tagwise_residual_m{m}"] = float(per["residual"].mean())
-    if bool((stats.multiplicities == 2).any()):
-        out["tagwise_angle_ratio"] = tagwise_angle_ratio(stats)
-    return out
+    have = ({"scatter", "full_scatter"} if stats.singles.scatter_w is not None else set()) | (
+        {"weight"} if weight is not None else set()
+    )
+    return registry.evaluate(stats, weight, kind="multilabel", have=have, names=names, on_undefined=on_undefined)
 
 
 def compute_multilabel_metrics(features: Any, labels: Any, weight: Tensor | None = None) -> dict[str, float]:
