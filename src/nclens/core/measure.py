@@ -65,7 +65,7 @@ import os
 import sys
 import types
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -560,13 +560,13 @@ def measure(
 
     _check_options(nc4, min_class_count, mode, distributed, timeout_s)
     group_info = resolve_group(distributed)
-    if nc4 is True and iter(loader) is loader:
+    if nc4 is True and isinstance(loader, Iterator):
         raise ValueError(
-            "nc4=True needs a second pass over the data, but the loader is a one-shot iterator (iter(loader) is "
-            "loader); pass a re-iterable loader (a DataLoader or a list) or nc4='cache' to keep the classifier "
+            "nc4=True needs a second pass over the data, but the loader is a one-shot iterator"
+            " (an Iterator); pass a re-iterable loader (a DataLoader or a list) or nc4='cache' to keep the classifier "
             "layers' features of this pass in memory"
         )
-    if ood is not None and iter(loader) is loader and iter(ood) is ood and ood is loader:
+    if ood is not None and ood is loader:
         raise ValueError("ood must be a separate loader of out-of-distribution inputs")
     probe = Probe(model, layers, mode=mode, pool=pool, tokens=tokens, output_fn=output_fn)
     specs = [s.filled(scatter=scatter) for s in probe.specs]
