@@ -79,18 +79,27 @@ class NeuralCollapse(torchmetrics.Metric):
         if scatter == "full":
             self.add_state("scatter_w", torch.zeros(1, dim, dim, dtype=f64), dist_reduce_fx="cat")
 
+    def _shards(self) -> tuple[Any, ...]:
+        """The states as (shards, ...) tensors (a sync stacks the ranks' (1, ...) states: (R, 1, ...))."""
+        k, d = self.num_classes, self.dim
+        counts, sums = self.counts.reshape(-1, k), self.sums.reshape(-1, k, d)
+        sq = self.class_sq.reshape(-1, k)
+        scatter = self.scatter_w.reshape(-1, d, d) if self.scatter == "full" else None
+        return counts, sums, sq, scatter
+
     def _shard(self, i: int):
         from nclens.core.stats import ClassStats
 
-        scatter = self.scatter_w[i] if self.scatter == "full" else None
-        return ClassStats.from_moments(self.counts[i], self.sums[i], self.class_sq[i], scatter)
+        counts, sums, sq, scatter = self._shards()
+        return ClassStats.from_moments(counts[i], sums[i], sq[i], None if scatter is None else scatter[i])
 
     def _merged(self):
         from nclens.core.stats import ClassStats
 
         merged = ClassStats(self.num_classes, scatter=self.scatter, device=self.counts.device)
-        for i in range(self.counts.shape[0]):
-            if float(self.counts[i].sum()) > 0:
+        counts = self._shards()[0]
+        for i in range(counts.shape[0]):
+            if float(counts[i].sum()) > 0:
                 merged.merge(self._shard(i))
         return merged
 
