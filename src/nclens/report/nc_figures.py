@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -40,6 +41,13 @@ PANELS = (
     ("NC3: self-duality", [("nc3_duality", "-")], False),
     ("NC4: classifier ≠ NCC", [("nc4_ncc_mismatch", "-")], False),
 )
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _as_long(records: Any) -> list[dict[str, Any]]:
@@ -67,7 +75,7 @@ def fig_nc_over_epochs(records: Iterable[dict[str, Any]] | Any, *, split: str | 
     """
     rows = [r for r in _as_long(records) if split is None or r.get("split", split) == split]
     wanted = {m for _, metrics, _ in PANELS for m, _ in metrics}
-    rows = [r for r in rows if r.get("metric") in wanted and r.get("value") is not None and r.get("epoch") is not None]
+    rows = [r for r in rows if r.get("metric") in wanted and _finite(r.get("value")) and _finite(r.get("epoch"))]
     if layers is not None:
         keep = set(layers)
         rows = [r for r in rows if r.get("layer") in keep]
