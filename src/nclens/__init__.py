@@ -15,8 +15,10 @@ The layout by role is described in ARCHITECTURE.md: :mod:`nclens.core` (the engi
 import sys
 
 from nclens import _compat
-from nclens.core import labels  # nclens.labels.next_token() for causal LMs
-from nclens.core import measure  # the module; callable as nclens.measure(model, loader, ...)
+from nclens.core import (
+    labels,  # nclens.labels.next_token() for causal LMs
+    measure,  # the module; callable as nclens.measure(model, loader, ...)
+)
 from nclens.core.measure import CollapseReport
 from nclens.core.metrics import compute_metrics
 from nclens.core.online import OnlineCollapse

@@ -18,11 +18,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
+from nclens.labels import next_token  # noqa: E402
+
 from nclens.core.measure import measure  # noqa: E402
 from nclens.core.metrics import compute_metrics  # noqa: E402
 from nclens.core.probe import LayerSpec  # noqa: E402
 from nclens.core.stats import ClassStats  # noqa: E402
-from nclens.labels import next_token  # noqa: E402
 from reference import reference_metrics  # noqa: E402
 
 N, T, K, B = 48, 9, 3, 16
@@ -122,7 +123,7 @@ def test_gpt2_next_token_classes_equal_manual_class_stats():
     x, y = h[:, :-1][valid], ids[:, 1:][valid]
     counts = torch.bincount(y, minlength=200)
     assert report.info["classes"] == int((counts > 0).sum()) and report.info["samples"] == int(valid.sum())
-    rare = sorted(torch.nonzero((counts == 1)).flatten().tolist())
+    rare = sorted(torch.nonzero(counts == 1).flatten().tolist())
     assert rare and report.info["excluded"]["lm_head"] == {"cdnv": rare}
     assert report.info["classifier_layers"] == ["lm_head"]
     assert any("lm_head: K=" in note and "in D=16 dimensions" in note for note in report.info["notes"])

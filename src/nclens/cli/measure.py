@@ -162,7 +162,7 @@ def register(app: typer.Typer) -> None:
                 loaded = read_feature_file(path, wanted, scatter="trace" if trace_only else "full",
                                            batch_size=batch_size,
                                            max_bytes=None if max_memory is None else int(max_memory * 2**30))
-                for name, data in loaded.items():
+                for data in loaded.values():
                     values, info = measure_feature_file(data, batch_size=batch_size, min_class_count=min_class_count,
                                                         scatter="trace" if trace_only else "full", metrics=names)
                     results.append({**data.provenance, "metrics": values, "excluded": info.get("excluded", {}),

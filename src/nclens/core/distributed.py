@@ -543,7 +543,8 @@ def all_reduce_tensor(tensor: torch.Tensor, info: GroupInfo, timeout_s: float, w
 
     moved = tensor.to(info.device)
     try:
-        dist.all_reduce(moved, group=info.group, async_op=True).wait(timeout=datetime.timedelta(seconds=float(timeout_s)))
+        work = dist.all_reduce(moved, group=info.group, async_op=True)
+        work.wait(timeout=datetime.timedelta(seconds=float(timeout_s)))
     except RuntimeError as exc:
         raise RuntimeError(
             f"{what} must be called on every rank: the all-reduce did not complete within {float(timeout_s):g} s "

@@ -179,7 +179,8 @@ def read_headers(path: str | os.PathLike[str]) -> dict[str, ArrayHeader]:
                 for key in handle.keys():
                     part = handle.get_slice(key)
                     dtype = str(part.get_dtype())
-                    heads[key] = ArrayHeader(tuple(int(s) for s in part.get_shape()), dtype, _safetensors_itemsize(dtype))
+                    shape = tuple(int(s) for s in part.get_shape())
+                    heads[key] = ArrayHeader(shape, dtype, _safetensors_itemsize(dtype))
                 return heads
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ValueError(f"cannot read {path} as .safetensors (truncated, corrupt or another format): {exc}") \
@@ -243,7 +244,8 @@ def _check_memory(path: Path, heads: dict[str, ArrayHeader], max_bytes: int, sca
         labels.shape[1] if labels is not None and len(labels.shape) == 2 else min(n, 2**16))
     est = estimate_measure_bytes(n, d, k, widest.itemsize, scatter=scatter, batch_size=batch_size, arrays=arrays)
     if est["total"] > max_bytes:
-        detail = ", ".join(f"{name} {value / 2**30:.2f} GiB" for name, value in est.items() if name != "total" and value)
+        detail = ", ".join(f"{name} {value / 2**30:.2f} GiB" for name, value in est.items()
+                           if name != "total" and value)
         raise MemoryError(
             f"measuring {path.name} (N={n}, D={d}) needs about {est['total'] / 2**30:.2f} GiB ({detail}), over the "
             f"limit of {max_bytes / 2**30:.2f} GiB; nothing was loaded. Use --trace-only (no D×D statistics), a "
@@ -281,7 +283,7 @@ def _read_arrays(path: Path, wanted: set[str] | None) -> tuple[dict[str, Any], d
                          f"format renamed?)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         raise ValueError(
             f"{path} holds objects beyond tensors, which a weights-only load refuses (for safety); save a dict of "
             f"tensors: torch.save({{'features': f, 'labels': y}}, path)"

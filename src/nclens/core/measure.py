@@ -296,7 +296,8 @@ class _Accumulator:
             self.samples[spec.name] += n
             self.ignored[spec.name] += int(lab.shape[0]) - n
             if spec.name in self.cache_layers:
-                self.cached[spec.name].append((feats if keep is None else feats[keep], lab if keep is None else lab[keep]))
+                kept = (feats, lab) if keep is None else (feats[keep], lab[keep])
+                self.cached[spec.name].append(kept)
         self.batches += 1
 
 
@@ -589,7 +590,8 @@ def measure(
             sync_measurement(acc.stats, acc.samples, acc.fingerprint, names, group_info, timeout_s)
             total = sum(acc.samples.values())
         if total == 0:
-            raise ValueError("the loader yielded no samples" + (" (every label was ignore_index)" if acc.batches else ""))
+            why = " (every label was ignore_index)" if acc.batches else ""
+            raise ValueError(f"the loader yielded no samples{why}")
         empty = [n for n in names if not acc.stats[n].initialized or acc.stats[n].total == 0]
         if empty:
             raise ValueError(f"layers {empty} received no samples (every label was ignore_index?)")
@@ -667,7 +669,8 @@ def _nc4(model, loader, probe, reader, acc, heads, reference, out, fixed, min_cl
             if source is None:
                 raise KeyError(f"reference report has no layer {name!r}; it has {sorted(reference.stats)}")
             if source.n_classes != stats.n_classes:
-                raise ValueError(f"reference layer {name!r} has K={source.n_classes} classes, this data K={stats.n_classes}")
+                raise ValueError(f"reference layer {name!r} has K={source.n_classes} classes, this data "
+                                 f"K={stats.n_classes}")
         keep = _kept_rows(source, min_class_count)
         head = heads[name]
         rows = source.label_values[keep] if fixed else keep.nonzero().flatten()
@@ -696,7 +699,7 @@ def _nc4(model, loader, probe, reader, acc, heads, reference, out, fixed, min_cl
 
         def on_batch(labels: Tensor | None) -> None:
             b = _batch_size(labels, second.features[order[0]], second)
-            for i, spec in enumerate(head_specs):
+            for spec in head_specs:
                 feats, valid = second.features[spec.name], second.token_valid.get(spec.name)
                 lab, keep = _layer_labels(spec, feats, valid, labels.to(feats.device), b, acc.ignore_index)
                 if keep is not None:

@@ -101,7 +101,8 @@ class OnlineCollapse:
         self.model = model
         self.probe = Probe(model, layers, mode=mode, pool=pool, tokens=tokens, output_fn=output_fn)
         self.specs = list(self.probe.specs)
-        self.num_classes, self.every_n_steps, self.on_result, self.window = num_classes, every_n_steps, on_result, window
+        self.num_classes, self.every_n_steps = num_classes, every_n_steps
+        self.on_result, self.window = on_result, window
         self.min_class_count, self.metrics, self.on_undefined = min_class_count, metrics, on_undefined
         self.distributed, self.timeout_s = distributed, timeout_s
         self.mode = mode

@@ -54,7 +54,8 @@ class NeuralCollapseCallback(transformers.TrainerCallback):
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
         if not (dataloader in ("train", "eval") or callable(dataloader)):
-            raise ValueError(f"dataloader must be 'train', 'eval' or a callable (trainer) -> loader, got {dataloader!r}")
+            raise ValueError(f"dataloader must be 'train', 'eval' or a callable (trainer) -> loader, got "
+                             f"{dataloader!r}")
         for bad in ("distributed", "progress", "device"):
             if bad in measure_kwargs:
                 raise ValueError(f"NeuralCollapseCallback sets {bad!r} itself")
@@ -78,14 +79,16 @@ class NeuralCollapseCallback(transformers.TrainerCallback):
 
         if callable(self.dataloader):
             if self.trainer is None:
-                raise ValueError("a callable dataloader needs the trainer: use NeuralCollapseCallback(...).attach(trainer)")
+                raise ValueError("a callable dataloader needs the trainer: use "
+                                 "NeuralCollapseCallback(...).attach(trainer)")
             return self.dataloader(self.trainer)
         if self.trainer is not None:
             t = self.trainer
             dataset = t.train_dataset if self.dataloader == "train" else t.eval_dataset
             if dataset is None:
                 raise ValueError(f"NeuralCollapseCallback: the trainer has no {self.dataloader}_dataset")
-            size = t.args.per_device_train_batch_size if self.dataloader == "train" else t.args.per_device_eval_batch_size
+            size = (t.args.per_device_train_batch_size if self.dataloader == "train"
+                    else t.args.per_device_eval_batch_size)
             columns = getattr(t, "_remove_unused_columns", None)
             if callable(columns) and hasattr(dataset, "column_names"):
                 dataset = columns(dataset, description="nclens")

@@ -80,7 +80,8 @@ def fig_nc_over_epochs(records: Iterable[dict[str, Any]] | Any, *, split: str | 
         keep = set(layers)
         rows = [r for r in rows if r.get("layer") in keep]
     if not rows:
-        raise ValueError(f"no records with epoch and any of {sorted(wanted)}" + (f" for split {split!r}" if split else ""))
+        where = f" for split {split!r}" if split else ""
+        raise ValueError(f"no records with epoch and any of {sorted(wanted)}{where}")
     runs = {r.get("run") for r in rows}
     series: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for r in rows:

@@ -205,7 +205,8 @@ def cdnv_pairs(stats: ClassStats, reduction: str = "none") -> Tensor | float:
 # ------------------------------------------------------------------ registry
 _WU = "Wu & Papyan 2024 (official: rhubarbwu/neural-collapse, neural_collapse/kernels.py)"
 _R = dict(kind="multiclass", default=False)
-register_metric("gnc2_log", lambda s, w: hyperspherical_uniformity(s, "log"), family="NC2", source=f"Liu et al. 2023; {_WU}",
+register_metric("gnc2_log", lambda s, w: hyperspherical_uniformity(s, "log"), family="NC2",
+                source=f"Liu et al. 2023; {_WU}",
                 definition="variance over pairs c<c′ of log(1/‖μ̂_c − μ̂_c′‖), μ̂_c = (μ_c − μ_G)/‖μ_c − μ_G‖", **_R)
 register_metric("gnc2_log_energy", lambda s, w: hyperspherical_uniformity(s, "log", reduction="mean"), family="NC2",
                 source=f"Liu et al. 2023; {_WU}", definition="mean over pairs c<c′ of log(1/‖μ̂_c − μ̂_c′‖)", **_R)
