@@ -51,14 +51,9 @@ class NeuralCollapseCallback(transformers.TrainerCallback):
         prefix: str = "nc",
         **measure_kwargs: Any,
     ) -> None:
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
-        if not (dataloader in ("train", "eval") or callable(dataloader)):
-            raise ValueError(f"dataloader must be 'train', 'eval' or a callable (trainer) -> loader, got "
-                             f"{dataloader!r}")
-        for bad in ("distributed", "progress", "device"):
-            if bad in measure_kwargs:
-                raise ValueError(f"NeuralCollapseCallback sets {bad!r} itself")
+        from nclens.integrations._common import check_options
+
+        check_options(every_n_epochs, dataloader, ("train", "eval"), "(trainer)", measure_kwargs)
         self.layers, self.every_n_epochs, self.dataloader, self.prefix = layers, every_n_epochs, dataloader, prefix
         self.measure_kwargs = measure_kwargs
         self.trainer: Any = None

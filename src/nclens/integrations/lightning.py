@@ -59,14 +59,9 @@ class NeuralCollapseCallback(pl.Callback):
         **measure_kwargs: Any,
     ) -> None:
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
-        if not (dataloader in ("train", "val") or callable(dataloader)):
-            raise ValueError(f"dataloader must be 'train', 'val' or a callable (trainer, module) -> loader, got "
-                             f"{dataloader!r}")
-        for bad in ("distributed", "progress", "device"):
-            if bad in measure_kwargs:
-                raise ValueError(f"NeuralCollapseCallback sets {bad!r} itself")
+        from nclens.integrations._common import check_options
+
+        check_options(every_n_epochs, dataloader, ("train", "val"), "(trainer, module)", measure_kwargs)
         self.layers, self.every_n_epochs, self.dataloader = layers, every_n_epochs, dataloader
         self.exact, self.prefix, self.measure_kwargs = exact, prefix, measure_kwargs
         self.history: list[dict[str, Any]] = []
