@@ -1,6 +1,6 @@
 """``measure(model, loader, layers=...)``: one pass over the data, NC metrics for every layer.
 
-Data flow (DESIGN.md): data → model → :class:`~nclens.core.probe.Probe` (features per layer) →
+Data flow (ARCHITECTURE.md): data → model → :class:`~nclens.core.probe.Probe` (features per layer) →
 :class:`~nclens.core.stats.ClassStats` (per layer) → :mod:`nclens.core.metrics` → :class:`CollapseReport`.
 One forward pass gives NC1–NC3 for all requested layers at once; NC4 (classifier vs nearest class
 mean) takes a second pass, only when asked for, because it needs the class means of the first.
