@@ -28,7 +28,7 @@ class Callback:
     logs: tuple[str, ...] = ()
 
     def on_fit_start(self, trainer: Trainer, start_epoch: int) -> None:
-        """Before the first epoch of this fit (``start_epoch`` = 0 for a fresh run, the checkpoint's epoch on resume)."""
+        """Before the first epoch of this fit (``start_epoch``: 0 when fresh, the checkpoint's epoch on resume)."""
 
     def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None:
         """After every optimiser step."""
