@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-__all__ = ["thread_limit", "seed_everything", "resolve_device"]
+__all__ = ["thread_limit", "seed_everything", "resolve_device", "rng_state", "set_rng_state"]
 
 
 @contextmanager
@@ -72,3 +72,28 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
     return device
+
+
+def rng_state() -> dict[str, object]:
+    """Every RNG state of this process (torch CPU and CUDA, NumPy's global generator, python's ``random``),
+    as tensors and plain values that ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_meta": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": list(py_state[1]),
+        "python_gauss": py_state[2],
+    }
+
+
+def set_rng_state(state: dict[str, object]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    pos, has_gauss, gauss = state["numpy_meta"]
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate((3, tuple(int(v) for v in state["python"]), state["python_gauss"]))

@@ -1,6 +1,6 @@
 """``measure(model, loader, layers=...)``: one pass over the data, NC metrics for every layer.
 
-Data flow (DESIGN.md): data → model → :class:`~nclens.core.probe.Probe` (features per layer) →
+Data flow (ARCHITECTURE.md): data → model → :class:`~nclens.core.probe.Probe` (features per layer) →
 :class:`~nclens.core.stats.ClassStats` (per layer) → :mod:`nclens.core.metrics` → :class:`CollapseReport`.
 One forward pass gives NC1–NC3 for all requested layers at once; NC4 (classifier vs nearest class
 mean) takes a second pass, only when asked for, because it needs the class means of the first
@@ -476,10 +476,8 @@ def _one_pass(model: nn.Module, loader: Iterable[Any], probe: Probe, reader: _Ba
 
 def _batch_size(labels: Tensor, first: Tensor, probe: Probe) -> int:
     """B of the batch: from the shapes the probe saw (its first dim)."""
-    shape = probe.shapes.get(probe.layers[0])
-    if shape is not None:
-        return int(shape[0])
-    return int(labels.shape[0])
+    size = probe.batch_sizes.get(probe.layers[0])
+    return int(size) if size is not None else int(labels.shape[0])
 
 
 @torch.no_grad()
