@@ -188,10 +188,6 @@ def register(app: typer.Typer) -> None:
 
         if (model is None) == (checkpoint is None):
             fail("pass exactly one of --model (a packaged pretrained network) or --checkpoint (an nclens run)")
-        if out.suffix.lower() != ".safetensors":
-            fail(f"--out must be a .safetensors file, got {str(out)!r}")
-        if out.exists() and not parts_dir(out).is_dir() and not overwrite:
-            fail(f"{out} exists; pass --overwrite to replace it")
         if threads is not None:
             if threads < 1:
                 fail(f"--threads must be >= 1, got {threads}")
@@ -217,6 +213,10 @@ def register(app: typer.Typer) -> None:
             for path in _inputs_of(source, inputs):
                 if _same_file(out, path):
                     fail(f"--out {str(out)!r} is one of the inputs ({path}); choose another file")
+            if out.suffix.lower() != ".safetensors":
+                fail(f"--out must be a .safetensors file, got {str(out)!r}")
+            if out.exists() and not parts_dir(out).is_dir() and not overwrite:
+                fail(f"{out} exists; pass --overwrite to replace it (or --out another file)")
             net.to(device)
             metadata = {
                 **info,

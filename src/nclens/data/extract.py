@@ -54,6 +54,7 @@ __all__ = [
     "extract_features",
     "parts_dir",
     "read_extracted",
+    "safetensors_bytes",
 ]
 
 FORMAT = "nclens-features/1"
@@ -108,6 +109,40 @@ def parts_dir(out: str | os.PathLike[str]) -> Path:
     """The folder beside ``out`` holding its finished chunks while an extraction runs."""
     out = Path(out)
     return out.with_name(out.name + ".parts")
+
+
+_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
+def safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """A ``.safetensors`` file as bytes, deterministically: the same tensors and metadata give the same bytes.
+
+    (``safetensors.torch.save`` orders the metadata through a hash map, so its bytes vary from call to
+    call.) Layout of the format: an 8-byte little-endian header length, a JSON header
+    ``{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets": [begin, end]}}`` padded
+    with spaces to a multiple of 8 bytes, then the tensors' little-endian bytes back to back, here
+    in sorted name order.
+    """
+    import json
+    import struct
+
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot hold")
+        blob = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
 def _digest(t: Tensor) -> str:
@@ -189,8 +224,6 @@ def extract_features(
         ValueError: bad sizes or names, an ``out`` that is not ``.safetensors``, or a parts folder
             left by a different extraction.
     """
-    from safetensors.torch import save
-
     from nclens.core.io import atomic_write_bytes
     from nclens.core.probe import Probe
 
@@ -244,7 +277,7 @@ def extract_features(
                                 raise RuntimeError(f"layer {name!r} was not called in the forward pass")
                             parts[name].append(probe.features[name].to("cpu", torch.float32))
                     tensors = {f"features/{name}": torch.cat(parts[name]).contiguous() for name in layers}
-                    atomic_write_bytes(path, save(tensors))
+                    atomic_write_bytes(path, safetensors_bytes(tensors))
                     seconds += time.perf_counter() - start
                     computed += hi - lo
                 done += hi - lo
@@ -266,7 +299,7 @@ def extract_features(
     tensors["indices"] = indices.contiguous()
     header = {"format": FORMAT, "default_layer": default_layer, "layers": json.dumps(layers), "mode": mode,
               "pool": pool, **meta}
-    atomic_write_bytes(out, save(tensors, metadata=header))
+    atomic_write_bytes(out, safetensors_bytes(tensors, header))
     shutil.rmtree(folder, ignore_errors=True)
     return out
 
