@@ -185,7 +185,8 @@ def test_cli_checkpoint_of_an_nclens_run(tmp_path):
 
 
 def _extract_cmd(root: Path, out: Path) -> list[str]:
-    return [sys.executable, "-c", "from nclens.cli import main; main()", "extract", "--model", "efficientnet-lite0", "--data", "fashion-mnist",
+    return [sys.executable, "-c", "from nclens.cli import main; main()", "extract", "--model", "efficientnet-lite0",
+            "--data", "fashion-mnist",
             "--root", str(root), "--split", "test", "--per-class", "3", "--chunk-size", "3", "--batch-size", "3",
             "--threads", "1", "--layers", "stage3,pool", "--out", str(out)]
 
