@@ -25,6 +25,12 @@ def _layers(values: list[str] | None) -> list[str] | None:
     return names or None
 
 
+def fail(message: str, code: int = 2) -> None:
+    """``error: message`` on stderr, unwrapped (the not-found messages are multi-line instructions)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
@@ -183,7 +189,6 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from nclens import __version__
-        from nclens.cli.measure import fail
         from nclens.data.extract import extract_features, parts_dir
 
         if (model is None) == (checkpoint is None):

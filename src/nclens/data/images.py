@@ -218,11 +218,18 @@ def _candidate_roots(name: str, root: str | os.PathLike[str] | None) -> list[tup
     return out
 
 
-def _layouts(base: Path, name: str) -> list[Path]:
+def _layouts(base: Path, name: str, why: str) -> list[Path]:
+    if why.startswith("Debian"):
+        return [base]  # the package's own folder
     folders = [base, base / name]
     if name in _TORCHVISION_DIR:
         folders += [base / _TORCHVISION_DIR[name] / "raw", base / _TORCHVISION_DIR[name]]
     return folders
+
+
+def _looked_line(base: Path, name: str, why: str) -> str:
+    subs = [str(p.relative_to(base)) for p in _layouts(base, name, why)[1:]]
+    return f"{base}" + (f" (and its {', '.join(subs)})" if subs else "") + f"  [{why}]"
 
 
 def _find_idx(folder: Path, stem: str) -> tuple[Path, Path] | None:
@@ -240,8 +247,8 @@ def _not_found(name: str, split: str, what: str, looked: list[str]) -> DatasetNo
     how = []
     if name in DEBIAN_PACKAGES:
         how.append(
-            f"  - install the Debian package (files go to {DEBIAN_DIRS[name]}):\n"
-            f"      sudo apt-get install {DEBIAN_PACKAGES[name]}"
+            f"  - install the Debian package: sudo apt-get install {DEBIAN_PACKAGES[name]}\n"
+            f"    (the files go to {DEBIAN_DIRS[name]}, where nclens finds them)"
         )
     if name in _TORCHVISION_DIR:
         how.append(
@@ -270,8 +277,8 @@ def _load_idx_dataset(name: str, split: str, root: str | os.PathLike[str] | None
     stem = _SPLITS[split]
     looked: list[str] = []
     for base, why in _candidate_roots(name, root):
-        for folder in _layouts(base, name):
-            looked.append(f"{folder}  ({why})")
+        looked.append(_looked_line(base, name, why))
+        for folder in _layouts(base, name, why):
             hit = _find_idx(folder, stem)
             if hit is None:
                 continue
@@ -334,8 +341,8 @@ def _load_cifar(name: str, split: str, root: str | os.PathLike[str] | None) -> I
     folder_name = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
     looked = []
     for base, why in _candidate_roots(name, root):
+        looked.append(f"{base / folder_name} (and {Path(name) / folder_name})  [{why}]")
         for folder in (base, base / name):
-            looked.append(f"{folder / folder_name}  ({why})")
             if not (folder / folder_name).is_dir():
                 continue
             try:
@@ -374,7 +381,7 @@ def _load_image_folder(split: str, root: str | os.PathLike[str] | None) -> Image
     looked = []
     for base, why in _candidate_roots("imagefolder", root):
         folder = base if split == "all" else base / split
-        looked.append(f"{folder}  ({why})")
+        looked.append(f"{folder}  [{why}]")
         if not folder.is_dir():
             continue
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
