@@ -5,7 +5,7 @@ sum of the features (hence the mean μ_c), the within-class sum of squared devia
 Σ_{i∈c} ‖h_i − μ_c‖², and one pooled within-class scatter matrix
 S_W = Σ_c Σ_{i∈c} (h_i − μ_c)(h_i − μ_c)ᵀ (D×D), all held in float64 whatever the input dtype.
 
-Numerics (DESIGN.md, "Statistics engine"). Every class c carries a fixed *shift* s_c, its first
+Numerics (ARCHITECTURE.md, "The engine's numerics"). Every class c carries a fixed *shift* s_c, its first
 batch's mean, and the state accumulates moments of the shifted features x − s_c::
 
     t_c = Σ_{i∈c} (h_i − s_c),   q_c = Σ_{i∈c} ‖h_i − s_c‖²,   S = Σ_i (h_i − s_{y_i})(h_i − s_{y_i})ᵀ
