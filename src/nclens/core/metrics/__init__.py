@@ -113,3 +113,5 @@ def compute_metrics(
 
 # the multi-label metrics register themselves on import; load them so the registry is complete
 from nclens.core.metrics import multilabel as _multilabel  # noqa: E402,F401
+# the official variants of Rangamani et al. 2023 (within_share_classavg, nc1_official, ...) likewise
+from nclens.core.metrics import official as _official  # noqa: E402,F401
