@@ -61,8 +61,8 @@ def expand_layers(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
     An entry starting with ``.`` or ``^`` is a pattern of the official ``utils.filter_all_named_modules``:
     module ``name`` matches when ``"^" + name`` ends with it — ``.conv1`` is every ``….conv1`` below the
     top level, ``^fc`` the top-level ``fc``; a bare word such as ``fc`` or ``conv`` matches every name
-    ending in it and is taken as a pattern when no module has exactly that name. Other entries are
-    module names (validated by :func:`nclens.core.probe.resolve_layers`, unknown names listed).
+    ending in it and is taken as a pattern when no module has exactly that name (``.conv3`` matches
+    nothing in a ResNet-18 and is skipped, as in the official code). Other entries are module names (validated by :func:`nclens.core.probe.resolve_layers`, unknown names listed).
 
     Example:
         >>> from nclens.models import ConvNet
@@ -78,11 +78,11 @@ def expand_layers(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
         if entry in known and not entry.startswith((".", "^")):
             out.append(entry)
             continue
-        matched = [n for n in names if ("^" + n).endswith(entry)] if entry.startswith((".", "^")) or entry.isalnum() \
-            else []
-        if not matched:
-            out.append(entry)  # not a pattern that matches: resolve_layers names it as unknown
-        out.extend(matched)
+        pattern = entry.startswith((".", "^"))
+        matched = [n for n in names if ("^" + n).endswith(entry)] if pattern or entry.isalnum() else []
+        if not matched and not pattern:
+            out.append(entry)  # neither a module nor a matching word: resolve_layers names it as unknown
+        out.extend(matched)  # a "."/"^" pattern matching nothing is skipped, as the official filter does
     return resolve_layers(model, [n for n in names if n in set(out)] + [n for n in out if n not in known])
 
 #: Registry metrics computed from the statistics on top of the default ones (official variants).
@@ -95,6 +95,47 @@ def choose_layer_scatter(dim: int, scatter: str, max_scatter_bytes: int) -> str:
     if scatter != "auto":
         return scatter
     return "full" if dim * dim * 8 <= max_scatter_bytes else "projected"
+
+
+class ProjectedScatter:
+    """Σ_W on the span of the centred class means, P = Qᵀ S_W Q (r×r, float64), from a pass after the means.
+
+    The two-pass exact NC1 for flattened maps (D up to 10⁵) without a D×D matrix: Q (D×r) is an
+    orthonormal basis of span(μ_c − μ_G) (r ≤ K−1), and nc1 = Σ_j v_jᵀΣ_W v_j / s_j² needs Σ_W only
+    there (v_j = Q c_j). Memory O(K·D + K²). Both centrings (``nc1``, ``nc1_official``) share the span.
+    """
+
+    def __init__(self, stats: ClassStats) -> None:
+        from nclens.core.metrics.multiclass import _means_svd, centred_means
+
+        self.means = stats.means  # (K, D) float64
+        self.basis = _means_svd(centred_means(stats))[0]  # (D, r)
+        self.p = torch.zeros(self.basis.shape[1], self.basis.shape[1], dtype=torch.float64, device=self.means.device)
+        self.total = 0.0
+
+    def update(self, features: Tensor, labels: Tensor) -> None:
+        """Add a batch (B, D) with labels (B,) in 0..K−1."""
+        coords = (features.to(torch.float64) - self.means[labels]) @ self.basis  # (B, r)
+        self.p += coords.T @ coords
+        self.total += float(labels.shape[0])
+
+    def all_reduce(self) -> None:
+        """Sum over ranks (a no-op outside torch.distributed)."""
+        from nclens.train.trainer import all_reduce_
+
+        total = torch.tensor(self.total, dtype=torch.float64, device=self.p.device)
+        all_reduce_(self.p)
+        all_reduce_(total)
+        self.total = float(total)
+
+    def nc1(self, stats: ClassStats, *, weighted: bool = False) -> float:
+        """Tr(Σ_W Σ_B⁺)/K (``weighted``: μ_G sample-weighted, the official NC1) from the projected scatter."""
+        from nclens.core.metrics.multiclass import _means_svd, centred_means
+
+        v, sv = _means_svd(centred_means(stats, weighted=weighted))
+        c = self.basis.T @ v  # (r, r') coordinates of v_j in the basis
+        proj = ((self.p @ c) * c).sum(0).clamp_min(0.0) / self.total  # v_jᵀ Σ_W v_j
+        return float((proj / sv.square()).sum())
 
 
 class ClassScatters:
@@ -143,10 +184,12 @@ def alignment_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
 def _ncc_pass(
     model: nn.Module, batches: Iterable[Any], names: list[str], mode: str, pool: str,
     train_means: dict[str, Tensor], raw_layers: list[str], num_classes: int, device: torch.device,
-    own_means: dict[str, Tensor] | None = None,
+    own_means: dict[str, Tensor] | None = None, projected: dict[str, ProjectedScatter] | None = None,
 ) -> tuple[dict[str, float], dict[str, Tensor], dict[str, ClassScatters]]:
-    """NCC accuracy per layer, (for ``raw_layers``) class means of the un-pooled inputs (K, *shape), and
-    (for the layers of ``own_means``) per-class scatters around those means."""
+    """NCC accuracy per layer, (for ``raw_layers``) class means of the un-pooled inputs (K, *shape),
+    (for the layers of ``own_means``) per-class scatters around those means, and (``projected``) the
+    projected within-class scatters (updated in place)."""
+    projected = projected or {}
     from nclens.train.trainer import all_reduce_
 
     correct = torch.zeros(len(names), dtype=torch.float64, device=device)
@@ -170,6 +213,8 @@ def _ncc_pass(
                     raw[name].update(flat.features[name], y)
                 for name, acc in scatters.items():
                     acc.update(probe.features[name], y)
+                for name, ps in projected.items():
+                    ps.update(probe.features[name], y)
                 seen += y.shape[0]
             if flat is not None:
                 shapes = dict(flat.shapes)
@@ -181,7 +226,7 @@ def _ncc_pass(
     for name, stats in raw.items():
         stats.all_reduce()
         means[name] = stats.means.reshape(num_classes, *shapes[name])
-    for acc in scatters.values():
+    for acc in (*scatters.values(), *projected.values()):
         acc.all_reduce()
     accuracy = {name: float(correct[i] / seen.clamp_min(1.0)) for i, name in enumerate(names)}
     return accuracy, means, scatters
@@ -270,8 +315,10 @@ def measure_layers(
         with warnings.catch_warnings():  # an undefined metric is recorded as null in layers.jsonl
             warnings.simplefilter("ignore", UndefinedMetricWarning)
             for mode_name, group in groups.items():
+                # "projected": the trace statistics here, the projected scatter in the second pass below
+                kept = "trace" if mode_name == "projected" else mode_name
                 report = measure(model, batches, group, mode=mode, pool=pool, num_classes=num_classes,
-                                 device=device, progress=False, scatter=mode_name)
+                                 device=device, progress=False, scatter=kept)
                 stats.update(report.stats)
                 for name in group:
                     metrics[name] = dict(report.metrics[name])
@@ -281,8 +328,17 @@ def measure_layers(
         if split == "train":
             train_means = {n: stats[n].means for n in names}
         own = {n: stats[n].means for n in names if dims[n] <= spectra_max_dim} if split == "train" else {}
+        projected: dict[str, ProjectedScatter] = {}
+        for name in groups.get("projected", []):
+            try:
+                projected[name] = ProjectedScatter(stats[name])
+            except UndefinedMetricError:  # coinciding means: nc1 stays null
+                metrics[name].update({"nc1": None, "nc1_official": None})
         acc, raw_means, scatters = _ncc_pass(model, batches, names, mode, pool, train_means,
-                                             align if split == "train" else [], num_classes, device, own)
+                                             align if split == "train" else [], num_classes, device, own, projected)
+        for name, ps in projected.items():
+            metrics[name]["nc1"] = ps.nc1(stats[name])
+            metrics[name]["nc1_official"] = ps.nc1(stats[name], weighted=True)
         for index, name in enumerate(names):
             module = modules[name]
             rec: dict[str, Any] = {
