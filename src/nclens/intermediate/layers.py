@@ -62,7 +62,8 @@ def expand_layers(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
     module ``name`` matches when ``"^" + name`` ends with it — ``.conv1`` is every ``….conv1`` below the
     top level, ``^fc`` the top-level ``fc``; a bare word such as ``fc`` or ``conv`` matches every name
     ending in it and is taken as a pattern when no module has exactly that name (``.conv3`` matches
-    nothing in a ResNet-18 and is skipped, as in the official code). Other entries are module names (validated by :func:`nclens.core.probe.resolve_layers`, unknown names listed).
+    nothing in a ResNet-18 and is skipped, as in the official code). Other entries are module names
+    (validated by :func:`nclens.core.probe.resolve_layers`, unknown names listed).
 
     Example:
         >>> from nclens.models import ConvNet
