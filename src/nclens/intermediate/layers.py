@@ -218,7 +218,7 @@ def _ncc_pass(
                     ps.update(probe.features[name], y)
                 seen += y.shape[0]
             if flat is not None:
-                shapes = dict(flat.shapes)
+                shapes = {n: tuple(s[1:]) for n, s in flat.shapes.items()}  # per-sample shapes (drop B)
     finally:
         model.train(was)
     all_reduce_(correct)
