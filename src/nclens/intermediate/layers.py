@@ -51,8 +51,7 @@ from nclens.core.metrics.official import (
 from nclens.core.probe import Probe, resolve_layers
 from nclens.core.stats import ClassStats
 
-__all__ = ["measure_layers", "alignment_layers", "choose_layer_scatter", "ClassScatters", "OFFICIAL_LAYER_METRICS",
-           "expand_layers"]
+__all__ = ["measure_layers", "alignment_layers", "ClassScatters", "OFFICIAL_LAYER_METRICS", "expand_layers"]
 
 
 def expand_layers(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
@@ -88,55 +87,6 @@ def expand_layers(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
 
 #: Registry metrics computed from the statistics on top of the default ones (official variants).
 OFFICIAL_LAYER_METRICS = ("within_share_classavg", "nc1_official")
-
-
-def choose_layer_scatter(dim: int, scatter: str, max_scatter_bytes: int) -> str:
-    """The scatter mode of one layer: ``scatter`` itself, or for ``"auto"`` ``"full"`` when the D×D float64
-    scatter fits ``max_scatter_bytes`` and ``"projected"`` (exact nc1, two passes, no D×D) otherwise."""
-    if scatter != "auto":
-        return scatter
-    return "full" if dim * dim * 8 <= max_scatter_bytes else "projected"
-
-
-class ProjectedScatter:
-    """Σ_W on the span of the centred class means, P = Qᵀ S_W Q (r×r, float64), from a pass after the means.
-
-    The two-pass exact NC1 for flattened maps (D up to 10⁵) without a D×D matrix: Q (D×r) is an
-    orthonormal basis of span(μ_c − μ_G) (r ≤ K−1), and nc1 = Σ_j v_jᵀΣ_W v_j / s_j² needs Σ_W only
-    there (v_j = Q c_j). Memory O(K·D + K²). Both centrings (``nc1``, ``nc1_official``) share the span.
-    """
-
-    def __init__(self, stats: ClassStats) -> None:
-        from nclens.core.metrics.multiclass import _means_svd, centred_means
-
-        self.means = stats.means  # (K, D) float64
-        self.basis = _means_svd(centred_means(stats))[0]  # (D, r)
-        self.p = torch.zeros(self.basis.shape[1], self.basis.shape[1], dtype=torch.float64, device=self.means.device)
-        self.total = 0.0
-
-    def update(self, features: Tensor, labels: Tensor) -> None:
-        """Add a batch (B, D) with labels (B,) in 0..K−1."""
-        coords = (features.to(torch.float64) - self.means[labels]) @ self.basis  # (B, r)
-        self.p += coords.T @ coords
-        self.total += float(labels.shape[0])
-
-    def all_reduce(self) -> None:
-        """Sum over ranks (a no-op outside torch.distributed)."""
-        from nclens.train.trainer import all_reduce_
-
-        total = torch.tensor(self.total, dtype=torch.float64, device=self.p.device)
-        all_reduce_(self.p)
-        all_reduce_(total)
-        self.total = float(total)
-
-    def nc1(self, stats: ClassStats, *, weighted: bool = False) -> float:
-        """Tr(Σ_W Σ_B⁺)/K (``weighted``: μ_G sample-weighted, the official NC1) from the projected scatter."""
-        from nclens.core.metrics.multiclass import _means_svd, centred_means
-
-        v, sv = _means_svd(centred_means(stats, weighted=weighted))
-        c = self.basis.T @ v  # (r, r') coordinates of v_j in the basis
-        proj = ((self.p @ c) * c).sum(0).clamp_min(0.0) / self.total  # v_jᵀ Σ_W v_j
-        return float((proj / sv.square()).sum())
 
 
 class ClassScatters:
@@ -185,17 +135,15 @@ def alignment_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
 def _ncc_pass(
     model: nn.Module, batches: Iterable[Any], names: list[str], mode: str, pool: str,
     train_means: dict[str, Tensor], raw_layers: list[str], num_classes: int, device: torch.device,
-    own_means: dict[str, Tensor] | None = None, projected: dict[str, ProjectedScatter] | None = None,
+    own_means: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, float], dict[str, Tensor], dict[str, ClassScatters]]:
-    """NCC accuracy per layer, (for ``raw_layers``) class means of the un-pooled inputs (K, *shape),
-    (for the layers of ``own_means``) per-class scatters around those means, and (``projected``) the
-    projected within-class scatters (updated in place)."""
-    projected = projected or {}
+    """NCC accuracy per layer, (for ``raw_layers``) class means of the un-pooled inputs (K, *shape), and
+    (for the layers of ``own_means``) per-class scatters around those means."""
     from nclens.train.trainer import all_reduce_
 
     correct = torch.zeros(len(names), dtype=torch.float64, device=device)
     seen = torch.zeros((), dtype=torch.float64, device=device)
-    raw = {n: ClassStats(num_classes, scatter="trace", device=device) for n in raw_layers}
+    raw = {n: ClassStats(num_classes, scatter="trace", device=device, exact_sums=True) for n in raw_layers}
     scatters = {n: ClassScatters(m) for n, m in (own_means or {}).items()}
     was = model.training
     model.eval()
@@ -214,8 +162,6 @@ def _ncc_pass(
                     raw[name].update(flat.features[name], y)
                 for name, acc in scatters.items():
                     acc.update(probe.features[name], y)
-                for name, ps in projected.items():
-                    ps.update(probe.features[name], y)
                 seen += y.shape[0]
             if flat is not None:
                 shapes = {n: tuple(s[1:]) for n, s in flat.shapes.items()}  # per-sample shapes (drop B)
@@ -227,7 +173,7 @@ def _ncc_pass(
     for name, stats in raw.items():
         stats.all_reduce()
         means[name] = stats.means.reshape(num_classes, *shapes[name])
-    for acc in (*scatters.values(), *projected.values()):
+    for acc in scatters.values():
         acc.all_reduce()
     accuracy = {name: float(correct[i] / seen.clamp_min(1.0)) for i, name in enumerate(names)}
     return accuracy, means, scatters
@@ -291,8 +237,9 @@ def measure_layers(
     """Per-layer NC records (train and test splits) and weight spectra of ``model`` at one epoch.
 
     Args:
-        scatter: ``full`` | ``trace`` | ``projected`` | ``auto`` per layer (:func:`choose_layer_scatter`).
-        max_scatter_bytes: the D×D limit of ``auto``.
+        scatter: ``full`` | ``trace`` | ``projected`` | ``auto`` (per layer: full when the D×D statistics
+            fit ``max_scatter_bytes``, else the exact projected scatter; :func:`nclens.core.measure.measure`).
+        max_scatter_bytes: the memory limit of ``auto``.
         spectra_max_dim: per-class covariance spectra for layers with D ≤ this (0: none).
 
     Returns:
@@ -306,40 +253,23 @@ def measure_layers(
         splits.append(("test", test_batches))
     records: list[dict[str, Any]] = []
     train_means: dict[str, Tensor] = {}
-    dims = _layer_dims(model, names, mode, pool, splits[0][1], device)
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(choose_layer_scatter(dims[name], scatter, max_scatter_bytes), []).append(name)
     for split, batches in splits:
-        metrics: dict[str, dict[str, Any]] = {}
-        stats: dict[str, ClassStats] = {}
         with warnings.catch_warnings():  # an undefined metric is recorded as null in layers.jsonl
             warnings.simplefilter("ignore", UndefinedMetricWarning)
-            for mode_name, group in groups.items():
-                # "projected": the trace statistics here, the projected scatter in the second pass below
-                kept = "trace" if mode_name == "projected" else mode_name
-                report = measure(model, batches, group, mode=mode, pool=pool, num_classes=num_classes,
-                                 device=device, progress=False, scatter=kept)
-                stats.update(report.stats)
-                for name in group:
-                    metrics[name] = dict(report.metrics[name])
-                    official = [m for m in OFFICIAL_LAYER_METRICS if m != "nc1_official" or "nc1" in metrics[name]]
-                    metrics[name].update(compute_metrics(report.stats[name], names=official))
-                    metrics[name]["scatter"] = mode_name
+            report = measure(model, batches, names, mode=mode, pool=pool, num_classes=num_classes, device=device,
+                             progress=False, scatter=scatter, max_scatter_bytes=max_scatter_bytes)
+            stats = report.stats
+            metrics: dict[str, dict[str, Any]] = {}
+            for name in names:
+                metrics[name] = dict(report.metrics[name])
+                official = [m for m in OFFICIAL_LAYER_METRICS if m != "nc1_official" or "nc1" in metrics[name]]
+                metrics[name].update(compute_metrics(stats[name], names=official))
+                metrics[name]["scatter"] = report.info["scatter_per_layer"][name]
         if split == "train":
             train_means = {n: stats[n].means for n in names}
-        own = {n: stats[n].means for n in names if dims[n] <= spectra_max_dim} if split == "train" else {}
-        projected: dict[str, ProjectedScatter] = {}
-        for name in groups.get("projected", []):
-            try:
-                projected[name] = ProjectedScatter(stats[name])
-            except UndefinedMetricError:  # coinciding means: nc1 stays null
-                metrics[name].update({"nc1": None, "nc1_official": None})
+        own = {n: stats[n].means for n in names if stats[n].dim <= spectra_max_dim} if split == "train" else {}
         acc, raw_means, scatters = _ncc_pass(model, batches, names, mode, pool, train_means,
-                                             align if split == "train" else [], num_classes, device, own, projected)
-        for name, ps in projected.items():
-            metrics[name]["nc1"] = ps.nc1(stats[name])
-            metrics[name]["nc1_official"] = ps.nc1(stats[name], weighted=True)
+                                             align if split == "train" else [], num_classes, device, own)
         for index, name in enumerate(names):
             module = modules[name]
             rec: dict[str, Any] = {
@@ -366,18 +296,3 @@ def measure_layers(
             pass
         spectra.append(entry)
     return records, spectra
-
-
-@torch.no_grad()
-def _layer_dims(model: nn.Module, names: list[str], mode: str, pool: str, batches: Iterable[Any],
-                device: torch.device) -> dict[str, int]:
-    """Feature dimension D of each layer (as measured) from one forward pass of the first batch."""
-    was = model.training
-    model.eval()
-    try:
-        with Probe(model, names, mode=mode, pool=pool) as probe:
-            x, _ = next(iter(batches))
-            model(x[:2].to(device))
-            return {n: int(probe.features[n].shape[1]) for n in names}
-    finally:
-        model.train(was)
