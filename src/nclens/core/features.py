@@ -407,7 +407,7 @@ def read_feature_file(
         layers += [k[len(_LAYER_PREFIX):] for k in arrays if k.startswith(_LAYER_PREFIX)]
         if not layers:
             layers = [None]  # the error says which keys are missing
-    from nclens import __version__
+    from nclens._version import __version__
 
     provenance = {"file": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size,
                   "nclens": __version__, "metadata": meta}
