@@ -15,7 +15,7 @@ The layout by role is described in ARCHITECTURE.md: :mod:`nclens.core` (the engi
 import sys
 
 from nclens import _compat
-from nclens._version import __version__  # noqa: E402
+from nclens._version import __version__
 from nclens.core import (
     labels,  # nclens.labels.next_token() for causal LMs
     measure,  # the module; callable as nclens.measure(model, loader, ...)
