@@ -229,3 +229,35 @@ def test_seeds_run_aggregates_its_sub_runs(tmp_path):
     assert [r["num_fixed"] for r in fixed] == [0, 2] and fixed[0]["n_seeds"] == 2
     assert (out / "seeds_layers.csv").is_file() and (out / "seeds_fixed_etf.csv").is_file()
     assert json.loads((out / "summary.json").read_text())["results"]["seeds"] == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize("config", ["intermediate_fashionmnist_mlp", "intermediate_fashionmnist_convnet",
+                                    "intermediate_fashionmnist_fixed_etf"])
+def test_cpu_scale_fashion_mnist_reproduction(config, tmp_path):
+    """The CPU-scale reproduction (3 seeds; ~15–40 CPU-minutes per config, see each config's cpu_time): the
+    claims that hold at this scale (README, "Intermediate neural collapse")."""
+    from typer.testing import CliRunner
+
+    from nclens.cli import app
+
+    out = tmp_path / config
+    result = CliRunner().invoke(app, ["run", config, "--out", str(out), "--no-progress", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1, 2]
+    if config.endswith("fixed_etf"):
+        rows = {r["num_fixed"]: r for r in summary["fixed_etf"]}
+        free = rows[0]["test_accuracy_mean"]
+        for fixed in (2, 5, 8):  # freezing the top layers to ETFs costs little test accuracy
+            assert rows[fixed]["test_accuracy_mean"] >= free - 0.03
+        return
+    for trend in summary["trend"]:  # the within-class share falls with depth at the end, in every seed
+        assert trend["rho"] < -0.8 and trend["p"] < 0.01
+    table = summary["layers"]["train"]
+    assert table[0]["nc1_mean"] / table[-1]["nc1_mean"] >= 5  # nc1 falls from the first to the last layer
+    top = table[-1]  # the classifier's input: its weights align with the class means above chance
+    baseline = top["subspace_alignment_random_mean"] + 3 * top["subspace_alignment_random_sd"]
+    assert top["subspace_alignment_mean"] > baseline
+    assert top["ncc_accuracy_mean"] > table[0]["ncc_accuracy_mean"]

@@ -422,10 +422,10 @@ def _seeds_text(summary: dict[str, Any]) -> str:
     accuracy = ", ".join(f"{k} {v:.4f}" for k, v in summary.get("accuracy", {}).items())
     lines = [f"seeds {summary.get('seeds')}: {accuracy}"]
     for title, rows in content.tables.items():
-        first = next(iter(rows[0])) if rows else None
+        first = next(iter(rows[0])) if rows else "layer"
         table = {str(r[first]) if first != "seed" else f"{r['seed']}/{r['metric']}": {k: v for k, v in r.items()
                  if k != first} for r in rows}
-        lines.append(format_table(table, title=title).rstrip())
+        lines.append(format_table(table, title=title, row_header="seed/metric" if first == "seed" else first).rstrip())
     return "\n".join(lines)
 
 
