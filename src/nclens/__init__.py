@@ -15,7 +15,6 @@ The layout by role is described in ARCHITECTURE.md: :mod:`nclens.core` (the engi
 import sys
 
 from nclens import _compat
-from nclens._version import __version__
 from nclens.core import (
     labels,  # nclens.labels.next_token() for causal LMs
     measure,  # the module; callable as nclens.measure(model, loader, ...)
@@ -26,6 +25,8 @@ from nclens.core.online import OnlineCollapse
 from nclens.core.probe import LayerSpec, Probe
 from nclens.core.stats import ClassStats
 from nclens.report.collect import collect
+
+__version__ = "0.1.0"
 
 __all__ = [
     "ClassStats",

@@ -249,6 +249,7 @@ def _spawn_retrying(fn, args: tuple, outputs: list) -> None:
         spawn(fn, 2, args, backend="gloo")
 
 
+# --------------------------------------------------------------- issue 13/21: explicit distributed, timeouts
 def _checks_worker(rank: int, out_dir: str) -> None:
     """Unsharded loader (warning), distributed='off' / a process group, and measure on rank 0 only (timeout)."""
     import time

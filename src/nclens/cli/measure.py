@@ -12,8 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -34,12 +32,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _csv_value(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _latex_escape(text: str) -> str:
@@ -71,12 +63,9 @@ def render(results: list[dict[str, Any]], fmt: str) -> str:
                 + "\n"
         return format_table(rows, title="neural collapse per file and layer", row_header="features").rstrip() + "\n"
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["features", *columns])
-        for label, row in rows.items():
-            writer.writerow([label, *(_csv_value(row.get(c)) for c in columns)])
-        return buffer.getvalue()
+        from nclens.core.io import csv_text
+
+        return csv_text([{"features": label, **row} for label, row in rows.items()], ["features", *columns])
     if fmt == "markdown":
         lines = ["| features | " + " | ".join(f"`{c}`" for c in columns) + " |",
                  "|---|" + "---:|" * len(columns)]

@@ -378,6 +378,18 @@ def _validate(path: Path, arrays: dict[str, Any], layer: str | None, provenance:
     return FeatureFile(features, labels, weight, bias, layer, prov)
 
 
+def _nclens_version() -> str:
+    """The running nclens's version (the package root is loaded whenever core is; no import upwards)."""
+    import sys
+
+    root = sys.modules.get("nclens")
+    if root is not None and hasattr(root, "__version__"):
+        return str(root.__version__)
+    from importlib import metadata
+
+    return metadata.version("nclens")
+
+
 def read_feature_file(
     path: str | os.PathLike[str],
     layers: list[str | None] | None = None,
@@ -407,10 +419,8 @@ def read_feature_file(
         layers += [k[len(_LAYER_PREFIX):] for k in arrays if k.startswith(_LAYER_PREFIX)]
         if not layers:
             layers = [None]  # the error says which keys are missing
-    from nclens._version import __version__
-
     provenance = {"file": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size,
-                  "nclens": __version__, "metadata": meta}
+                  "nclens": _nclens_version(), "metadata": meta}
     return {layer: _validate(path, arrays, layer, provenance) for layer in layers}
 
 

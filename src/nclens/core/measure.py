@@ -493,10 +493,8 @@ def _one_pass(model: nn.Module, loader: Iterable[Any], probe: Probe, reader: _Ba
 
 def _batch_size(labels: Tensor, first: Tensor, probe: Probe) -> int:
     """B of the batch: from the shapes the probe saw (its first dim)."""
-    shape = probe.shapes.get(probe.layers[0])
-    if shape is not None:
-        return int(shape[0])
-    return int(labels.shape[0])
+    size = probe.batch_sizes.get(probe.layers[0])
+    return int(size) if size is not None else int(labels.shape[0])
 
 
 @torch.no_grad()

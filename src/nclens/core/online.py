@@ -151,7 +151,7 @@ class OnlineCollapse:
                                "after the training forward of the batch the labels belong to")
         labels = torch.as_tensor(labels)
         first = self.probe.features[self.probe.layers[0]]
-        batch = int(self.probe.shapes[self.probe.layers[0]][0])
+        batch = self.probe.batch_sizes[self.probe.layers[0]]
         self._acc.add(self.probe, labels.to(first.device), batch)
         self._fresh = False
         self.step += 1

@@ -442,7 +442,8 @@ class Probe:
         self.mask: Tensor | None = None
         self.features: dict[str, Tensor] = {}
         self.token_valid: dict[str, Tensor | None] = {}
-        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}  # per-sample shape of each captured activation, before pooling
+        self.batch_sizes: dict[str, int] = {}  # B of each captured activation (its first dimension)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, spec: LayerSpec, module: nn.Module):
@@ -470,7 +471,8 @@ class Probe:
                 )
             if self.detach_features:
                 value = value.detach()
-            self.shapes[name] = tuple(value.shape)
+            self.shapes[name] = tuple(value.shape[1:])
+            self.batch_sizes[name] = int(value.shape[0])
             feats, valid = reduce_activation(value, name=name, mode=spec.mode, tokens=spec.tokens, pool=pool,
                                              channels_first=channels_first, mask=self.mask)
             self.features[name] = feats

@@ -164,7 +164,7 @@ def _ncc_pass(
                     acc.update(probe.features[name], y)
                 seen += y.shape[0]
             if flat is not None:
-                shapes = {n: tuple(s[1:]) for n, s in flat.shapes.items()}  # per-sample shapes (drop B)
+                shapes = dict(flat.shapes)  # per-sample shapes
     finally:
         model.train(was)
     all_reduce_(correct)
