@@ -186,9 +186,9 @@ def test_large_allocation_is_stated_up_front(monkeypatch):
 
 
 def test_fast_sums_agree_with_exact_sums_to_float32_precision():
-    """exact_sums=False: within-batch float32 sums; means agree to float32 precision of the spread."""
+    """Default (exact_sums=False): within-batch float32 sums; means agree to float32 precision of the spread."""
     data = gaussian_features(6, 32, 400, radius=3.0, sigma=0.5, offset=2.0, seed=4, dtype=torch.float32)
-    exact, fast = ClassStats(num_classes=6), ClassStats(num_classes=6, exact_sums=False)
+    exact, fast = ClassStats(num_classes=6, exact_sums=True), ClassStats(num_classes=6)
     for i in range(0, data.features.shape[0], 128):
         exact.update(data.features[i : i + 128], data.labels[i : i + 128])
         fast.update(data.features[i : i + 128], data.labels[i : i + 128])

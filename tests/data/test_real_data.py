@@ -90,5 +90,5 @@ def test_efficientnet_lite0_features_of_500_test_images(tmp_path):
     assert held_out > 0.5  # chance 0.1: ImageNet features separate a task they never saw
     m = CliRunner().invoke(app, ["measure", str(out), "-q", "--json", str(tmp_path / "m.json")])
     assert m.exit_code == 0, m.output
-    metrics = read_json(tmp_path / "m.json")
+    metrics = read_json(tmp_path / "m.json")["results"][0]["metrics"]  # nclens measure --json: results with provenance
     assert 0 < metrics["nc1_trace"] and 1 < metrics["effective_rank"] < 1280

@@ -101,8 +101,12 @@ def register(app: typer.Typer) -> None:
             1, "--min-class-count", help="Exclude classes with fewer samples from every metric (reported)."
         ),
         batch_size: int = typer.Option(65536, help="Rows streamed through the statistics at a time."),
+        scatter: str = typer.Option(
+            "full", "--scatter", help="full (D×D scatter) | trace (no D×D: every metric but nc1) | projected (exact "
+            "nc1 without a D×D matrix: the features are read twice) | auto (full where it fits, else projected)."
+        ),
         trace_only: bool = typer.Option(
-            False, "--trace-only", help="Keep no D×D scatter (huge D): every metric but nc1."
+            False, "--trace-only", help="Keep no D×D scatter (huge D): every metric but nc1 (= --scatter trace)."
         ),
         max_memory: float | None = typer.Option(
             None, "--max-memory", help="Refuse files whose measurement needs more than this many GiB (default: 80% "
@@ -121,6 +125,11 @@ def register(app: typer.Typer) -> None:
         from nclens.core.io import atomic_write_text, check_output_path, write_json
 
         with user_errors():
+            if scatter not in ("full", "trace", "projected", "auto"):
+                raise ValueError(f"--scatter must be one of full, trace, projected, auto; got {scatter!r}")
+            if trace_only and scatter not in ("full", "trace"):
+                raise ValueError(f"--trace-only and --scatter {scatter} contradict each other; give one of them")
+            mode = "trace" if trace_only else scatter
             if fmt not in FORMATS:
                 raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
             if batch_size < 1:
@@ -148,14 +157,14 @@ def register(app: typer.Typer) -> None:
                 if unknown:
                     shown = [a or "features" for a in available]
                     raise ValueError(f"{path.name} has no layer(s) {unknown}; it has {shown}")
-                loaded = read_feature_file(path, wanted, scatter="trace" if trace_only else "full",
+                loaded = read_feature_file(path, wanted, scatter=mode,
                                            batch_size=batch_size,
                                            max_bytes=None if max_memory is None else int(max_memory * 2**30))
                 for data in loaded.values():
                     values, info = measure_feature_file(data, batch_size=batch_size, min_class_count=min_class_count,
-                                                        scatter="trace" if trace_only else "full", metrics=names)
+                                                        scatter=mode, metrics=names)
                     results.append({**data.provenance, "metrics": values, "excluded": info.get("excluded", {}),
-                                    "notes": info.get("notes", [])})
+                                    "notes": info.get("notes", []), "scatter": info.get("scatter", mode)})
             text = render(results, fmt)
             if json_out is not None:
                 write_json(json_out, {"results": results})

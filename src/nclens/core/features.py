@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -40,7 +41,13 @@ import torch
 from torch import Tensor
 
 from nclens.core.metrics import mismatch_count
-from nclens.core.stats import ClassStats, validate_features, validate_labels
+from nclens.core.stats import (
+    DEFAULT_MAX_SCATTER_BYTES,
+    ClassStats,
+    choose_scatter,
+    validate_features,
+    validate_labels,
+)
 
 __all__ = [
     "FeatureFile",
@@ -225,6 +232,7 @@ def estimate_measure_bytes(
         "batch workspace": 2 * batch * d * 8,
         "class statistics": 4 * max(k, 1) * d * 8,
         "D×D statistics": 3 * d * d * 8 if scatter == "full" else 0,
+        "projection basis": 2 * d * max(min(k - 1, d), 0) * 8 if scatter == "projected" else 0,
     }
     parts["total"] = sum(parts.values())
     return parts
@@ -242,13 +250,17 @@ def _check_memory(path: Path, heads: dict[str, ArrayHeader], max_bytes: int, sca
     labels = heads.get("labels")
     k = heads["weight"].shape[0] if "weight" in heads and heads["weight"].shape else (
         labels.shape[1] if labels is not None and len(labels.shape) == 2 else min(n, 2**16))
+    if scatter == "auto":  # what measure_feature_file will choose when the full statistics do not fit
+        full = estimate_measure_bytes(n, d, k, widest.itemsize, scatter="full", batch_size=batch_size, arrays=arrays)
+        scatter = "full" if full["total"] <= max_bytes else "projected"
     est = estimate_measure_bytes(n, d, k, widest.itemsize, scatter=scatter, batch_size=batch_size, arrays=arrays)
     if est["total"] > max_bytes:
         detail = ", ".join(f"{name} {value / 2**30:.2f} GiB" for name, value in est.items()
                            if name != "total" and value)
         raise MemoryError(
             f"measuring {path.name} (N={n}, D={d}) needs about {est['total'] / 2**30:.2f} GiB ({detail}), over the "
-            f"limit of {max_bytes / 2**30:.2f} GiB; nothing was loaded. Use --trace-only (no D×D statistics), a "
+            f"limit of {max_bytes / 2**30:.2f} GiB; nothing was loaded. Use --scatter projected (exact nc1, no D×D), "
+            f"--scatter trace (no nc1), a "
             f"smaller --batch-size, pooled features, or raise the limit (--max-memory GiB or NCLENS_MAX_BYTES)"
         )
 
@@ -475,8 +487,14 @@ def measure_feature_file(
     scatter: str = "full",
     min_class_count: int = 1,
     metrics: list[str] | None = None,
+    max_scatter_bytes: int = DEFAULT_MAX_SCATTER_BYTES,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """NC metrics of a feature file and how they were taken: ``(metrics, info)``.
+
+    ``scatter``: ``"full"``, ``"trace"``, ``"projected"`` (exact nc1 without a D×D matrix: the features
+    are streamed twice, the second time for the within-class scatter projected on the span of the
+    centred class means; ``info["projection_pass_seconds"]``) or ``"auto"`` (``full`` when its peak fits
+    ``max_scatter_bytes``, else ``projected``); ``info["scatter"]`` says which was used.
 
     Streams the features through :class:`ClassStats` in batches; the rare-class policy of
     :func:`nclens.core.measure.layer_metrics` applies (``info["excluded"]``, ``info["notes"]``). Keys
@@ -492,13 +510,27 @@ def measure_feature_file(
 
         return compute_multilabel_metrics(data.features, data.labels, weight=data.weight), {"excluded": {}, "notes": []}
     k = data.weight.shape[0] if data.weight is not None else None
-    stats = ClassStats(num_classes=k, scatter=scatter)
-    n = data.features.shape[0]
+    n, d = data.features.shape
+    chosen = scatter
+    if scatter == "auto":  # full when the D×D statistics fit, else the exact two-pass projected scatter
+        chosen = choose_scatter(d, k or int(torch.unique(data.labels).numel()), max_scatter_bytes)
+    stats = ClassStats(num_classes=k, scatter=chosen)
     for start in range(0, n, batch_size):
         stats.update(data.features[start : start + batch_size], data.labels[start : start + batch_size])
+    second_pass = None
+    if chosen == "projected":  # pass 2 over the features: the within-class scatter on span(μ_c − μ_G)
+        started = time.perf_counter()
+        stats.begin_projection()
+        for start in range(0, n, batch_size):
+            stats.update(data.features[start : start + batch_size], data.labels[start : start + batch_size])
+        stats.end_projection()
+        second_pass = time.perf_counter() - started
     weight = data.weight.to(torch.float64) if data.weight is not None else None
     out, info = layer_metrics(stats, weight, fixed_classes=k is not None, min_class_count=min_class_count,
                               names=metrics)
+    info["scatter"] = chosen
+    if second_pass is not None:
+        info["projection_pass_seconds"] = second_pass
     if data.weight is not None:
         keep = (stats.counts > 0) & (stats.counts >= min_class_count)
         rows = stats.label_values[keep]

@@ -82,7 +82,7 @@ from nclens.core.metrics.extra import nc5_ood_orthogonality
 from nclens.core.metrics.multiclass import scatter_available
 from nclens.core.metrics.registry import get_metric, metric_specs, order_columns
 from nclens.core.probe import LayerSpec, Probe, specs_summary
-from nclens.core.stats import ClassStats
+from nclens.core.stats import DEFAULT_MAX_SCATTER_BYTES, ClassStats, choose_scatter, estimate_memory
 
 __all__ = [
     "CollapseReport",
@@ -269,24 +269,41 @@ class _Accumulator:
     """Per-layer ClassStats fed from a probe's features and a batch's labels (shared with OnlineCollapse)."""
 
     def __init__(self, specs: Sequence[LayerSpec], num_classes: int | None, device: torch.device | None,
-                 ignore_index: int | None, cache: Sequence[str] = ()) -> None:
+                 ignore_index: int | None, cache: Sequence[str] = (), max_scatter_bytes: int | None = None) -> None:
         self.specs = list(specs)
         self.num_classes, self.device, self.ignore_index = num_classes, device, ignore_index
         self.cache_layers = set(cache)
+        self.max_scatter_bytes = DEFAULT_MAX_SCATTER_BYTES if max_scatter_bytes is None else int(max_scatter_bytes)
         self.reset()
 
     def reset(self) -> None:
+        # scatter="auto": the layer's ClassStats is made at its first batch, when D is known (_auto_stats)
         self.stats = {s.name: ClassStats(self.num_classes, scatter=s.scatter or "full", device=self.device)
-                      for s in self.specs}
+                      for s in self.specs if s.scatter != "auto"}
+        self.auto = {s.name for s in self.specs if s.scatter == "auto"}
         self.samples = {s.name: 0 for s in self.specs}
         self.ignored = {s.name: 0 for s in self.specs}
         self.batches = 0
         self.cached: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in self.cache_layers}
         self.fingerprint: list[float] | None = None
 
+    def _auto_stats(self, name: str, dim: int) -> None:
+        """Choose ``full`` or ``projected`` for an ``auto`` layer of dimension D, and say so when projected."""
+        mode = choose_scatter(dim, self.num_classes, self.max_scatter_bytes)
+        if mode == "projected":
+            need = estimate_memory(dim, self.num_classes, "full").peak
+            warnings.warn(
+                f"layer {name!r}: a {dim}×{dim} float64 scatter needs {need / 2**30:.2f} GiB at peak, over the limit "
+                f"of {self.max_scatter_bytes / 2**30:.2f} GiB: nc1 comes from the exact projected scatter (a second "
+                f"pass over the data, O(K·D) memory); effective_rank (needs the full scatter) is left out",
+                ResourceWarning, stacklevel=5)
+        self.stats[name] = ClassStats(self.num_classes, scatter=mode, device=self.device)
+
     def add(self, probe: Probe, labels: Tensor, batch: int) -> None:
         for spec in self.specs:
             feats, valid = probe.features[spec.name], probe.token_valid.get(spec.name)
+            if spec.name not in self.stats:
+                self._auto_stats(spec.name, int(feats.shape[-1]))
             lab, keep = _layer_labels(spec, feats, valid, labels.to(feats.device), batch, self.ignore_index)
             if self.fingerprint is None:  # the first batch, to detect loaders that are not sharded
                 self.fingerprint = [float(lab.shape[0]), float(lab.double().sum()),
@@ -502,6 +519,7 @@ def measure(
     reference: CollapseReport | None = None,
     ood: Iterable[Any] | None = None,
     scatter: str = "full",
+    max_scatter_bytes: int = DEFAULT_MAX_SCATTER_BYTES,
     device: torch.device | str | None = None,
     distributed: Any = "auto",
     timeout_s: float = 300.0,
@@ -537,7 +555,13 @@ def measure(
             measuring test data); default: this pass's own means.
         ood: a loader of out-of-distribution inputs; adds ``nc5_ood_orthogonality`` to every layer
             (labels, if any, are ignored).
-        scatter: ``"full"`` (all metrics) or ``"trace"`` (no D×D scatter: every metric but nc1).
+        scatter: ``"full"`` (all metrics), ``"trace"`` (no D×D scatter: every metric but nc1),
+            ``"projected"`` (exact nc1 without a D×D matrix: a second pass over ``loader`` accumulates the
+            within-class scatter projected on the span of the centred means; memory O(K·D + K²); every
+            metric but effective_rank) or ``"auto"`` (per layer: ``"full"`` when its D×D statistics fit
+            ``max_scatter_bytes`` at peak, else ``"projected"``, stated by a ResourceWarning when chosen).
+            Per-layer :class:`~nclens.core.probe.LayerSpec` ``scatter`` values take precedence.
+        max_scatter_bytes: the memory limit of ``scatter="auto"``.
         device: where the model runs (default: the device of its first parameter).
         distributed: ``"auto"`` (all-reduce inside an initialised process group), ``"off"``, or a
             process group.
@@ -569,6 +593,11 @@ def measure(
         raise ValueError("ood must be a separate loader of out-of-distribution inputs")
     probe = Probe(model, layers, mode=mode, pool=pool, tokens=tokens, output_fn=output_fn)
     specs = [s.filled(scatter=scatter) for s in probe.specs]
+    if isinstance(loader, Iterator) and any(s.scatter == "projected" for s in specs):
+        raise ValueError(
+            "scatter='projected' needs a second pass over the data, but the loader is a one-shot iterator; pass a "
+            "re-iterable loader (a DataLoader or a list)"
+        )
     names = [s.name for s in specs]
     if device is None:
         first = next(iter(model.parameters()), None)
@@ -579,7 +608,7 @@ def measure(
     was_training = model.training
     model.eval()
     cache = names if nc4 == "cache" else ()
-    acc = _Accumulator(specs, num_classes, device, ignore_index, cache=cache)
+    acc = _Accumulator(specs, num_classes, device, ignore_index, cache=cache, max_scatter_bytes=max_scatter_bytes)
     try:
         _one_pass(model, loader, probe, reader, acc, max_batches,
                   progress_bar(show, "measuring", _loader_length(loader, max_batches)))
@@ -590,9 +619,10 @@ def measure(
         if total == 0:
             why = " (every label was ignore_index)" if acc.batches else ""
             raise ValueError(f"the loader yielded no samples{why}")
-        empty = [n for n in names if not acc.stats[n].initialized or acc.stats[n].total == 0]
+        empty = [n for n in names if n not in acc.stats or not acc.stats[n].initialized or acc.stats[n].total == 0]
         if empty:
             raise ValueError(f"layers {empty} received no samples (every label was ignore_index?)")
+        second_pass = _projection_pass(model, loader, probe, reader, acc, max_batches, show, group_info, timeout_s)
         first_stats = acc.stats[names[0]]
         fixed = num_classes is not None
         k = first_stats.n_classes
@@ -635,17 +665,54 @@ def measure(
         "dims": {name: acc.stats[name].dim for name in names},
         "classifier_layers": sorted(heads),
         "scatter": scatter,
+        "scatter_per_layer": {n: acc.stats[n].scatter for n in names},
         "min_class_count": min_class_count,
         "excluded": excluded,
         "notes": notes,
         "world_size": 1 if group_info is None else group_info.world_size,
     }
+    if second_pass is not None:
+        info["projection_pass_seconds"] = second_pass
     ignored = {n: c for n, c in acc.ignored.items() if c}
     if ignored:
         info["ignored"] = ignored
     if pool is not None:
         info["pool"] = pool
     return CollapseReport(metrics=out, stats=acc.stats, info=info)
+
+
+def _projection_pass(model: nn.Module, loader: Iterable[Any], probe: Probe, reader: _Batches, acc: _Accumulator,
+                     max_batches: int | None, show: bool, group_info: Any, timeout_s: float) -> float | None:
+    """Pass 2 of the ``"projected"`` layers: fix each basis, stream the data again, finish; its wall time (s).
+
+    Pass 1 gave the means; :meth:`~nclens.core.stats.ClassStats.begin_projection` fixes an orthonormal basis
+    of span(μ_c − μ_G), this pass accumulates Vᵀ S_W V, :meth:`~nclens.core.stats.ClassStats.end_projection`
+    checks that it saw the samples of pass 1. ``None`` when no layer is projected.
+    """
+    import time
+
+    names = [n for n, st in acc.stats.items() if st.scatter == "projected"]
+    if not names:
+        return None
+    if isinstance(loader, Iterator):
+        raise ValueError(
+            f"layers {names} need the projected scatter (their D×D scatter is over the memory limit), which takes a "
+            "second pass over the data, but the loader is a one-shot iterator; pass a re-iterable loader, "
+            "scatter='trace', or raise max_scatter_bytes"
+        )
+    started = time.perf_counter()
+    for name in names:
+        acc.stats[name].begin_projection()
+    second = _Accumulator([s for s in acc.specs if s.name in names], acc.num_classes, acc.device, acc.ignore_index)
+    second.stats = {n: acc.stats[n] for n in names}  # pass-2 updates go to the same statistics
+    _one_pass(model, loader, probe, reader, second, max_batches,
+              progress_bar(show, "projected pass", _loader_length(loader, max_batches)))
+    if group_info is not None:
+        for name in names:
+            acc.stats[name].all_reduce(group_info.group)
+    for name in names:
+        acc.stats[name].end_projection()
+    return time.perf_counter() - started
 
 
 def _kept_rows(stats: ClassStats, min_class_count: int) -> Tensor:

@@ -102,6 +102,10 @@ _CHANNEL_FIRST_1D = (
 _BLOCK_LISTS = ("layer", "layers", "h", "blocks", "block")
 
 
+#: Scatter modes of a layer's statistics (:class:`~nclens.core.stats.ClassStats`, plus ``auto``).
+SCATTERS = ("full", "trace", "projected", "auto")
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """How to measure one layer; fields left ``None`` take :func:`~nclens.core.measure.measure`'s values.
@@ -114,7 +118,8 @@ class LayerSpec:
         tokens: ``"cls"`` | ``"first"`` | ``"last"`` | ``"mean"`` | ``"all"`` for (B, T, H) sequences.
         output_fn: maps the captured value (output, or input in ``"input"`` mode) to a tensor, e.g.
             ``lambda o: o.last_hidden_state``.
-        scatter: ``"full"`` or ``"trace"`` statistics for this layer.
+        scatter: ``"full"``, ``"trace"``, ``"projected"`` (exact nc1 in two passes, no D×D) or ``"auto"``
+            (``full`` when the D×D scatter fits the memory limit, else ``projected``) for this layer.
     """
 
     name: str
@@ -128,7 +133,7 @@ class LayerSpec:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"LayerSpec.name must be a non-empty module name, got {self.name!r}")
         for field, value, allowed in (("mode", self.mode, MODES), ("pool", self.pool, POOLS),
-                                      ("tokens", self.tokens, TOKENS), ("scatter", self.scatter, ("full", "trace"))):
+                                      ("tokens", self.tokens, TOKENS), ("scatter", self.scatter, SCATTERS)):
             if value is not None and value not in allowed:
                 raise ValueError(f"LayerSpec({self.name!r}).{field} must be one of {allowed}, got {value!r}")
         if self.output_fn is not None and not callable(self.output_fn):

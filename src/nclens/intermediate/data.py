@@ -1,4 +1,16 @@
-"""The intermediate-NC experiment's data: embedded (digits, MNIST-1D) or torchvision datasets from a local root.
+"""The intermediate-NC experiment's data: embedded (digits, MNIST-1D) or real images from local files.
+
+Real images (``fashion-mnist``, ``mnist``, ``cifar10``) are read by :func:`nclens.data.load_images`
+(never downloaded): Fashion-MNIST from the Debian package ``dataset-fashion-mnist``
+(``/usr/share/datasets/fashion-mnist``) by default, any dataset from ``data.root`` (a folder of idx
+files, or a torchvision root such as ``<root>/FashionMNIST/raw`` or ``<root>/cifar-10-batches-py``) or
+from ``$NCLENS_DATA``. ``fashionmnist`` is the old spelling of ``fashion-mnist``.
+
+Preprocessing follows the official code of Rangamani et al. (``src/DatasetWrapper.py`` of
+``mariuslindegaard/Intermediate_Neural_Collapse``, branch ICML2023): pixels/255, normalised with the
+dataset's fixed constants (MNIST 0.1307/0.3081, Fashion-MNIST 0.2860/0.3530, CIFAR-10
+(125.3, 123.0, 113.9)/255 and (63.0, 62.1, 66.7)/255), *then* zero-padded by ``data.pad`` pixels per side
+(the official MNIST-family transform pads 28×28 to 32×32: ``pad: 2``).
 
 Example:
     >>> from nclens.intermediate.config import DataConfig
@@ -10,15 +22,25 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nclens.intermediate.config import DataConfig
 
-__all__ = ["DataBundle", "load_data"]
+__all__ = ["DataBundle", "load_data", "input_shape", "NORMALISATION", "IMAGE_SHAPES"]
+
+#: Per-channel (mean, std) of the pixels/255 — the constants of the official DatasetWrapper.
+NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": (tuple(v / 255.0 for v in (125.3, 123.0, 113.9)), tuple(v / 255.0 for v in (63.0, 62.1, 66.7))),
+}
+
+#: (C, H, W) of one image before padding.
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist1d": (1, 1, 40), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28),
+                "cifar10": (3, 32, 32)}
 
 
 @dataclass(frozen=True)
@@ -34,56 +56,53 @@ class DataBundle:
     name: str = ""
 
 
-_TORCHVISION = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "cifar10": "CIFAR10"}
+def canonical_name(name: str) -> str:
+    """``fashionmnist`` (the old spelling) → ``fashion-mnist``; other names unchanged."""
+    return "fashion-mnist" if name == "fashionmnist" else name
 
 
-def _load_torchvision(name: str, root: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    try:
-        import torchvision.datasets as tvd
-    except ImportError as exc:
-        raise ImportError(
-            f"data.name={name!r} is read through torchvision, which is not installed; "
-            "install it (pip install 'nclens[vision]') or use data.name=digits|mnist1d"
-        ) from exc
-    cls = getattr(tvd, _TORCHVISION[name])
-    try:
-        train, test = cls(root, train=True, download=False), cls(root, train=False, download=False)
-    except RuntimeError as exc:
-        raise FileNotFoundError(
-            f"{_TORCHVISION[name]} was not found under data.root={root!r} (nclens never downloads): "
-            f"put the torchvision dataset folder there ({exc})"
-        ) from exc
+def input_shape(cfg: DataConfig) -> tuple[int, int, int]:
+    """(C, H, W) of one input of ``cfg`` after padding (no file is read)."""
+    c, h, w = IMAGE_SHAPES[canonical_name(cfg.name)]
+    return (c, h + 2 * cfg.pad, w + 2 * cfg.pad) if cfg.pad else (c, h, w)
 
-    def tensors(ds: Any) -> tuple[Tensor, Tensor]:
-        x = torch.as_tensor(np.asarray(ds.data)).float() / 255.0
-        x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N,H,W)->(N,1,H,W); (N,H,W,C)->(N,C,H,W)
-        return x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
 
-    x_tr, y_tr = tensors(train)
-    x_te, y_te = tensors(test)
-    mean = x_tr.mean(dim=(0, 2, 3), keepdim=True)
-    std = x_tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
-    return (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te
+def _images(name: str, cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Normalised, padded float32 images (N, C, H, W) and labels of the train and test splits."""
+    from nclens.data import load_images
+
+    train = load_images(name, "train", root=cfg.root, per_class=cfg.per_class, seed=cfg.split_seed)
+    test = load_images(name, "test", root=cfg.root, per_class=cfg.test_per_class, seed=cfg.split_seed)
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in NORMALISATION[name])
+
+    def prepare(images: Tensor) -> Tensor:
+        x = (images.to(torch.float32) / 255.0 - mean) / std  # (N, C, H, W) uint8 -> normalised float32
+        return F.pad(x, (cfg.pad,) * 4).contiguous() if cfg.pad else x.contiguous()  # zero-pad after normalising
+
+    return prepare(train.images), train.labels, prepare(test.images), test.labels
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
-    """Load the dataset of ``cfg``: embedded (digits, mnist1d) or torchvision from ``cfg.root``.
+    """Load the dataset of ``cfg``: embedded (digits, mnist1d) or real images from local files.
 
     digits are kept flat (N, 64) with ``input_shape=(1, 8, 8)``; mnist1d flat (N, 40) with
-    ``input_shape=(1, 1, 40)``; torchvision images as (N, C, H, W).
+    ``input_shape=(1, 1, 40)``; real images as (N, C, H, W) (see the module docstring).
+    ``train_subset`` then keeps a stratified, seeded subset of the training split.
+
+    Raises:
+        nclens.data.DatasetNotFoundError: real images not found (the message lists where it looked).
     """
     from nclens.data import load_digits, load_mnist1d, stratified_split
 
-    if cfg.name == "digits":
+    name = canonical_name(cfg.name)
+    if name == "digits":
         s = load_digits(test_fraction=cfg.test_fraction, seed=cfg.split_seed)
         x_tr, y_tr, x_te, y_te, shape = s.x_train, s.y_train, s.x_test, s.y_test, (1, 8, 8)
-    elif cfg.name == "mnist1d":
+    elif name == "mnist1d":
         s = load_mnist1d(num_samples=cfg.num_samples, seed=cfg.split_seed, train_split=1.0 - cfg.test_fraction)
         x_tr, y_tr, x_te, y_te, shape = s.x_train, s.y_train, s.x_test, s.y_test, (1, 1, s.x_train.shape[1])
     else:
-        if not cfg.root:
-            raise ValueError(f"data.name={cfg.name!r} needs data.root, the local torchvision dataset folder")
-        x_tr, y_tr, x_te, y_te = _load_torchvision(cfg.name, cfg.root)
+        x_tr, y_tr, x_te, y_te = _images(name, cfg)
         shape = tuple(x_tr.shape[1:])
     if cfg.train_subset is not None and cfg.train_subset < x_tr.shape[0]:
         keep, _ = stratified_split(y_tr.numpy(), 1.0 - cfg.train_subset / x_tr.shape[0], cfg.split_seed)
@@ -92,4 +111,4 @@ def load_data(cfg: DataConfig) -> DataBundle:
     k = int(torch.unique(y_tr).numel())
     if int(y_tr.max()) + 1 != k:
         raise ValueError(f"labels must be 0..K-1; got {k} distinct labels with maximum {int(y_tr.max())}")
-    return DataBundle(x_tr, y_tr, x_te, y_te, tuple(int(s) for s in shape), k, cfg.name)
+    return DataBundle(x_tr, y_tr, x_te, y_te, tuple(int(s) for s in shape), k, name)

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +41,6 @@ import torch
 from torch import nn
 
 from nclens.core.env import resolve_device, seed_everything
-from nclens.core.probe import resolve_layers
 from nclens.intermediate.config import IntermediateConfig, ModelConfig
 from nclens.intermediate.data import DataBundle, load_data
 from nclens.intermediate.layers import measure_layers
@@ -70,7 +70,7 @@ FIXED_ETF_TABLE = "fixed_etf.json"
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build the architecture of ``cfg`` for inputs of ``input_shape`` and K classes."""
-    from nclens.models import CNN, MLP, build_resnet
+    from nclens.models import CNN, MLP, ConvNet, build_resnet
 
     if cfg.arch == "mlp":
         return MLP(
@@ -84,28 +84,56 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
             num_classes, input_shape, cfg.depth, cfg.width,
             batchnorm=cfg.batchnorm, bias=cfg.bias, activation=cfg.activation,
         )
+    if cfg.arch == "convnet":
+        return ConvNet(num_classes, input_shape, cfg.depth, cfg.width, batchnorm=cfg.batchnorm, bias=cfg.bias)
     return build_resnet(
         int(cfg.arch.removeprefix("resnet")), num_classes, in_channels=input_shape[0], width=cfg.width,
-        input_shape=input_shape, impl=cfg.impl,
+        input_shape=input_shape, impl=cfg.impl, stem=cfg.stem,
     )
 
 
-def freeze_last_layers_etf(model: nn.Module, num_fixed: int, *, seed: int = 0) -> list[str]:
-    """Freeze the last ``num_fixed`` Linear layers of ``model`` to ETF-like weights (zero, frozen bias).
+def official_etf_weight(d_out: int, d_in: int) -> torch.Tensor:
+    """The official fixed-ETF weight ETF_{d_out} · I_{d_out×d_in} (d_out ≤ d_in).
 
-    Square d×d layers get √(d/(d−1))(I − 11ᵀ/d), the classifier (K×d) a unit-row simplex ETF
-    (:func:`nclens.models.etf_like_matrix`). Returns the frozen layer names.
+    ETF_d = √(d/(d−1)) (I − 11ᵀ/d), rescaled so that ‖ETF_d‖_F²/d = 1 (already true: unit rows), times
+    the first d_out rows of the identity: for the classifier (K×d) ETF_K ⊕ 0 on the first K input
+    coordinates (``fixed_etfs_expt/intermediate_nc_etf_fmnist.py``, ``MLP.__init__`` with ``set_etf``).
+    """
+    if d_out < 2 or d_out > d_in:
+        raise ValueError(f"the official ETF weight needs 2 <= d_out <= d_in, got {d_out}×{d_in}")
+    d = d_out
+    etf = math.sqrt(d / (d - 1)) * (torch.eye(d, dtype=torch.float64) - 1.0 / d)
+    etf = etf / torch.sqrt(torch.linalg.matrix_norm(etf) ** 2 / d)
+    return etf @ torch.eye(d, d_in, dtype=torch.float64)  # (d_out, d_out) @ (d_out, d_in)
+
+
+def freeze_last_layers_etf(model: nn.Module, num_fixed: int, *, seed: int = 0, rule: str = "nclens") -> list[str]:
+    """Freeze the last ``num_fixed`` Linear layers of ``model`` to ETF-like weights.
+
+    ``rule="nclens"``: square d×d layers get √(d/(d−1))(I − 11ᵀ/d), the classifier (K×d) a unit-row
+    simplex ETF (:func:`nclens.models.etf_like_matrix`), biases zeroed and frozen; any number of layers.
+    ``rule="official"`` (Rangamani et al.'s ``fixed_etfs_expt``): :func:`official_etf_weight`, only the
+    weights frozen (biases and BatchNorm train), and the first Linear layer (block 0) is never frozen.
+    Returns the frozen layer names.
     """
     from nclens.models import etf_like_matrix, linear_layer_names
 
     names = linear_layer_names(model)
-    if not 0 <= num_fixed <= len(names):
-        raise ValueError(f"num_fixed must lie in [0, {len(names)}] (the model's Linear layers), got {num_fixed}")
+    if rule not in ("nclens", "official"):
+        raise ValueError(f"rule must be 'nclens' or 'official', got {rule!r}")
+    limit = len(names) if rule == "nclens" else len(names) - 1
+    if not 0 <= num_fixed <= limit:
+        why = "the model's Linear layers" if rule == "nclens" else "the Linear layers after the first (rule 'official')"
+        raise ValueError(f"num_fixed must lie in [0, {limit}] ({why}), got {num_fixed}")
     modules = dict(model.named_modules())
     frozen = names[len(names) - num_fixed:] if num_fixed else []
     with torch.no_grad():
         for name in frozen:
             layer: nn.Linear = modules[name]
+            if rule == "official":
+                layer.weight.copy_(official_etf_weight(layer.out_features, layer.in_features))
+                layer.weight.requires_grad_(False)
+                continue
             layer.weight.copy_(etf_like_matrix(layer.out_features, layer.in_features, seed=seed))
             layer.weight.requires_grad_(False)
             if layer.bias is not None:
@@ -123,10 +151,12 @@ class MeasureCallback(Callback):
     logs = (LAYERS, SPECTRA)
 
     def __init__(self, data: DataBundle, epochs: Sequence[int], *, layers: Sequence[str] | None, mode: str,
-                 pool: str, measure_test: bool, eval_batch_size: int, prefix: str = "") -> None:
+                 pool: str, measure_test: bool, eval_batch_size: int, prefix: str = "", scatter: str = "auto",
+                 max_scatter_bytes: int = 2**30, spectra_max_dim: int = 0) -> None:
         self.data, self.epochs = data, set(epochs)
         self.layers = list(layers) if layers else None
         self.mode, self.pool, self.measure_test = mode, pool, measure_test
+        self.scatter, self.max_scatter_bytes, self.spectra_max_dim = scatter, max_scatter_bytes, spectra_max_dim
         self.eval_batch_size = eval_batch_size
         self.logs = (f"{prefix}{LAYERS}", f"{prefix}{SPECTRA}")
         self._batches: tuple[Any, Any] | None = None
@@ -136,6 +166,7 @@ class MeasureCallback(Callback):
         records, spectra = measure_layers(
             trainer.model, train, test if self.measure_test else None, layers=self.layers, mode=self.mode,
             pool=self.pool, num_classes=self.data.num_classes, device=trainer.device, epoch=epoch,
+            scatter=self.scatter, max_scatter_bytes=self.max_scatter_bytes, spectra_max_dim=self.spectra_max_dim,
         )
         if trainer.writes:
             trainer.run.append_jsonl(self.logs[0], records)
@@ -195,7 +226,9 @@ def train_intermediate(
     augment = augment_batch if (config.data.augment and data.x_train.ndim == 4) else None
     measured = sorted(set(measure_epochs)) if measure_epochs is not None else cfg.measured_epochs()
     measure_cb = MeasureCallback(data, measured, layers=cfg.layers, mode=cfg.mode, pool=cfg.pool,
-                                 measure_test=cfg.measure_test, eval_batch_size=config.data.eval_batch_size)
+                                 measure_test=cfg.measure_test, eval_batch_size=config.data.eval_batch_size,
+                                 scatter=cfg.scatter, max_scatter_bytes=cfg.max_scatter_mib * 2**20,
+                                 spectra_max_dim=cfg.spectra_max_dim)
     evaluate = {"train": (data.x_train, data.y_train)} if cfg.eval_train else {}
     evaluate["test"] = (data.x_test, data.y_test)
     trainer = Trainer(
@@ -237,7 +270,7 @@ def run_fixed_etf(
         frozen: list[str] = []
 
         def prepare(model: nn.Module, n: int = num_fixed, out: list[str] = frozen) -> None:
-            out[:] = freeze_last_layers_etf(model, n, seed=config.train.seed)
+            out[:] = freeze_last_layers_etf(model, n, seed=config.train.seed, rule=config.fixed_etf.rule)
 
         result = train_intermediate(sub_cfg, sub, resume=resume and sub.has_checkpoint(), data=data,
                                     prepare_model=prepare, progress=progress and config.train.progress)
@@ -264,15 +297,23 @@ def run_fixed_etf(
 
 def _check(config: IntermediateConfig) -> None:
     """Layer names against the model and the data source, before any file is written."""
+    from nclens.intermediate.data import canonical_name, input_shape
+
     if config.data.root and not Path(config.data.root).exists():
         raise FileNotFoundError(f"data.root {config.data.root!r} does not exist (nclens never downloads data)")
+    name = canonical_name(config.data.name)
+    if name not in ("digits", "mnist1d"):  # the files are there (the error lists where it looked)
+        from nclens.data import load_images
+
+        load_images(name, "test", root=config.data.root, per_class=config.data.test_per_class,
+                    seed=config.data.split_seed)
     resolve_device(config.train.device)
-    shapes = {"digits": (1, 8, 8), "mnist1d": (1, 1, 40), "mnist": (1, 28, 28), "fashionmnist": (1, 28, 28),
-              "cifar10": (3, 32, 32)}
-    model = build_model(config.model, shapes[config.data.name], 10)
+    model = build_model(config.model, input_shape(config.data), 10)
     if config.train.layers:
+        from nclens.intermediate.layers import expand_layers
+
         try:
-            resolve_layers(model, config.train.layers)
+            expand_layers(model, config.train.layers)
         except KeyError as exc:
             raise ValueError(f"train.layers: {exc.args[0]}") from None
 
@@ -291,6 +332,12 @@ class IntermediateExperiment(Experiment):
 
     def run(self, config: IntermediateConfig, run: RunFolder, *, resume: bool, progress: bool,
             log: Callable[[str], None]) -> dict[str, Any]:
+        if config.seeds:
+            return run_seeds(config, run, self._run_one, resume=resume, progress=progress, log=log)
+        return self._run_one(config, run, resume=resume, progress=progress, log=log)
+
+    def _run_one(self, config: IntermediateConfig, run: RunFolder, *, resume: bool, progress: bool,
+                 log: Callable[[str], None]) -> dict[str, Any]:
         result = train_intermediate(config, run, resume=resume and run.has_checkpoint(),
                                     progress=progress and config.train.progress)
         out = _results(config, result.history, run.read_jsonl(LAYERS) if run.writer else [])
@@ -312,6 +359,8 @@ class IntermediateExperiment(Experiment):
         from nclens.core.console import format_table
         from nclens.intermediate.figures import headline
 
+        if run.exists("seeds.json"):
+            return _seeds_text(run.read_json("seeds.json"))
         records = run.read_jsonl(LAYERS)
         lines = []
         train = [r for r in records if r["split"] == "train"]
@@ -341,9 +390,43 @@ class FixedETFExperiment(IntermediateExperiment):
         config.check_fixed_etf()
         _check(config)
 
-    def run(self, config: IntermediateConfig, run: RunFolder, *, resume: bool, progress: bool,
-            log: Callable[[str], None]) -> dict[str, Any]:
+    def _run_one(self, config: IntermediateConfig, run: RunFolder, *, resume: bool, progress: bool,
+                 log: Callable[[str], None]) -> dict[str, Any]:
         return {"fixed_etf": run_fixed_etf(config, run, resume=resume, progress=progress, log=log)}
+
+
+def run_seeds(
+    config: IntermediateConfig, run: RunFolder,
+    run_one: Callable[..., dict[str, Any]], *, resume: bool, progress: bool, log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Run ``config`` once per seed of ``config.seeds`` as sub-runs ``seed<s>/`` (``train.seed = s``), then
+    aggregate them (:func:`nclens.intermediate.seeds.aggregate_seeds`). Each sub-run resumes on its own."""
+    from nclens.intermediate.seeds import aggregate_seeds
+
+    per_seed = {}
+    for seed in config.seeds:
+        sub = run.subfolder(f"seed{seed}")
+        if run.writer:
+            log(f"seed {seed}: {sub.path}")
+        per_seed[str(seed)] = run_one(replace(config, seeds=[], train={"seed": seed}), sub, resume=resume,
+                                      progress=progress, log=log)
+    summary = aggregate_seeds(run, list(config.seeds))
+    return {"seeds": list(config.seeds), "per_seed": per_seed, "aggregate": summary}
+
+
+def _seeds_text(summary: dict[str, Any]) -> str:
+    from nclens.core.console import format_table
+    from nclens.intermediate.figures import seeds_report
+
+    content = seeds_report(summary)
+    accuracy = ", ".join(f"{k} {v:.4f}" for k, v in summary.get("accuracy", {}).items())
+    lines = [f"seeds {summary.get('seeds')}: {accuracy}"]
+    for title, rows in content.tables.items():
+        first = next(iter(rows[0])) if rows else "layer"
+        table = {str(r[first]) if first != "seed" else f"{r['seed']}/{r['metric']}": {k: v for k, v in r.items()
+                 if k != first} for r in rows}
+        lines.append(format_table(table, title=title, row_header="seed/metric" if first == "seed" else first).rstrip())
+    return "\n".join(lines)
 
 
 def _results(config: IntermediateConfig, history: list[dict[str, Any]], layers: list[dict[str, Any]]) -> dict[str, Any]:

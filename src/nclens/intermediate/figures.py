@@ -31,14 +31,19 @@ from nclens.report.figures import (
 from nclens.runs.experiment import ReportContent
 from nclens.runs.folder import RunFolder
 
-__all__ = ["fig_alignment", "fig_ncc_accuracy", "fig_spectra", "fig_fixed_etf", "write_figures", "report_content",
-           "headline", "TABLE_COLUMNS"]
+__all__ = ["fig_alignment", "fig_ncc_accuracy", "fig_spectra", "fig_fixed_etf", "fig_seeds_depth", "write_figures",
+           "report_content", "headline", "TABLE_COLUMNS", "SEED_TABLE_COLUMNS"]
 
 #: Per-layer columns of the final tables, in order.
 TABLE_COLUMNS = (
     "layer", "dim", "within_share", "nc1", "nc1_trace", "cdnv", "nc2_etf", "nc2_equinorm",
-    "effective_rank", "ncc_accuracy", "subspace_alignment", "assoc_memory_alignment", "nc3_duality",
+    "effective_rank", "ncc_accuracy", "subspace_alignment", "subspace_alignment_random", "assoc_memory_alignment",
+    "nc3_duality", "within_share_classavg", "nc1_official", "within_stable_rank", "scatter",
 )
+
+#: Metrics of the over-seeds table (each as mean ± sd).
+SEED_TABLE_COLUMNS = ("within_share", "within_share_classavg", "nc1", "ncc_accuracy", "subspace_alignment",
+                      "subspace_alignment_random")
 
 
 def fig_alignment(records: Records) -> Figure:
@@ -131,12 +136,55 @@ def fig_fixed_etf(rows: Records) -> Figure:
     return fig
 
 
+def fig_seeds_depth(table: Records, metrics: tuple[str, ...] = ("within_share", "nc1"),
+                    title: str = "over seeds") -> Figure:
+    """Per-layer mean ± sd over seeds (``seeds.json`` rows) of ``metrics``, log y, one panel each;
+    ``subspace_alignment`` is drawn beside its random-subspace baseline on a linear axis."""
+    layers = [r["layer"] for r in table]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), constrained_layout=True,
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        pairs = [(metric, "-o")] + ([("subspace_alignment_random", "--s")] if metric == "subspace_alignment" else [])
+        for name, style in pairs:
+            mean = [r.get(f"{name}_mean") for r in table]
+            sd = [r.get(f"{name}_sd") or 0.0 for r in table]
+            xs = [i for i, m in enumerate(mean) if m is not None]
+            ax.errorbar(xs, [mean[i] for i in xs], yerr=[sd[i] for i in xs], fmt=style, capsize=3, ms=4, label=name)
+        if metric != "subspace_alignment" and all((r.get(f"{metric}_mean") or 0) > 0 for r in table):
+            ax.set_yscale("log")
+        layer_xticks(ax, layers)
+        ax.set_title(f"{metric} ({title})")
+        ax.set_xlabel("layer (input of)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _seed_figures(run: RunFolder) -> dict[str, Figure]:
+    summary = run.read_json("seeds.json")
+    figures: dict[str, Figure] = {}
+    train = summary.get("layers", {}).get("train", [])
+    if train:
+        figures["seeds_depth"] = fig_seeds_depth(train, ("within_share", "nc1"), f"{len(summary['seeds'])} seeds")
+        if any(r.get("subspace_alignment_mean") is not None for r in train):
+            figures["seeds_alignment"] = fig_seeds_depth(train, ("subspace_alignment", "ncc_accuracy"),
+                                                         f"{len(summary['seeds'])} seeds")
+    fixed = summary.get("fixed_etf")
+    if fixed:
+        rows = [{"num_trained": r["num_trained"], "train_accuracy": r.get("train_accuracy_mean"),
+                 "test_accuracy": r.get("test_accuracy_mean")} for r in fixed]
+        figures["fixed_etf"] = fig_fixed_etf(rows)
+    return figures
+
+
 def write_figures(run: RunFolder) -> dict[str, Path]:
     """Render every figure the run folder's logs allow into ``figures/``; returns {name: path}.
 
     Raises:
-        FileNotFoundError: the folder holds neither ``layers.jsonl`` nor ``fixed_etf.json``.
+        FileNotFoundError: the folder holds neither ``layers.jsonl`` nor ``fixed_etf.json`` nor ``seeds.json``.
     """
+    if run.exists("seeds.json"):
+        return save_figures(run, _seed_figures(run))
     layers = run.read_jsonl("layers.jsonl")
     history = run.read_jsonl("history.jsonl")
     spectra = run.read_jsonl("spectra.jsonl")
@@ -189,8 +237,44 @@ def headline(records: list[dict[str, Any]], history: list[dict[str, Any]]) -> di
     return out
 
 
+def _pm(mean: Any, sd: Any) -> str | None:
+    return None if mean is None else f"{mean:.4g} ± {sd or 0.0:.2g}"
+
+
+def seeds_report(summary: dict[str, Any]) -> ReportContent:
+    """report.html content of a several-seeds run (``seeds.json``): mean ± sd tables, ρ per seed, fixed ETFs."""
+    seeds = summary.get("seeds", [])
+    content = ReportContent(title=f"intermediate neural collapse over {len(seeds)} seeds",
+                            notes=["Mean ± population sd over seeds, at the last measured epoch; ρ is Spearman's "
+                                   "rank correlation of the within-class share with the layer index (per seed)."])
+    head = {"seeds": ", ".join(str(s) for s in seeds)}
+    head.update({k: v for k, v in summary.get("accuracy", {}).items()})
+    content.headline.append(head)
+    for split, table in summary.get("layers", {}).items():
+        content.tables[f"per-layer collapse, mean ± sd over seeds ({split} data)"] = [
+            {"layer": r["layer"], "dim": r.get("dim"),
+             **{c: _pm(r.get(f"{c}_mean"), r.get(f"{c}_sd")) for c in SEED_TABLE_COLUMNS if f"{c}_mean" in r}}
+            for r in table
+        ]
+    if summary.get("trend"):
+        content.tables["depth trend of the within-class share (train data, last epoch)"] = [
+            {k: r.get(k) for k in ("seed", "metric", "rho", "p", "first", "last", "ratio_first_last")}
+            for r in summary["trend"]
+        ]
+    if summary.get("fixed_etf"):
+        content.tables["fixed-ETF layers, mean ± sd over seeds"] = [
+            {"num_fixed": r["num_fixed"], "num_trained": r.get("num_trained"),
+             "train_accuracy": _pm(r.get("train_accuracy_mean"), r.get("train_accuracy_sd")),
+             "test_accuracy": _pm(r.get("test_accuracy_mean"), r.get("test_accuracy_sd"))}
+            for r in summary["fixed_etf"]
+        ]
+    return content
+
+
 def report_content(run: RunFolder) -> ReportContent:
     """Headline numbers and tables for report.html."""
+    if run.exists("seeds.json"):
+        return seeds_report(run.read_json("seeds.json"))
     records = run.read_jsonl("layers.jsonl")
     history = run.read_jsonl("history.jsonl")
     content = ReportContent(title="intermediate neural collapse",

@@ -8,14 +8,18 @@ Example:
 """
 
 from nclens.models.cnn import CNN
+from nclens.models.convnet import ConvBlock, ConvNet
 from nclens.models.mlp import ACTIVATIONS, MLP, etf_like_matrix, linear_layer_names
 from nclens.models.pretrained import PRETRAINED, EfficientNetLite, Preprocess, pretrained
-from nclens.models.resnet import BasicBlock, ResNet, build_resnet, resnet18, resnet34
+from nclens.models.resnet import BasicBlock, Bottleneck, ResNet, build_resnet, resnet18, resnet34
 
 __all__ = [
     "ACTIVATIONS",
     "BasicBlock",
+    "Bottleneck",
     "CNN",
+    "ConvBlock",
+    "ConvNet",
     "EfficientNetLite",
     "MLP",
     "PRETRAINED",

@@ -111,5 +111,7 @@ def compute_metrics(
     return registry.evaluate(stats, weight, kind="multiclass", have=have, names=names, on_undefined=on_undefined)
 
 
-# the multi-label metrics register themselves on import; load them so the registry is complete
+# the multi-label metrics and the official variants of Rangamani et al. 2023 (within_share_classavg,
+# nc1_official, ...) register themselves on import; load them so the registry is complete
 from nclens.core.metrics import multilabel as _multilabel  # noqa: E402,F401
+from nclens.core.metrics import official as _official  # noqa: E402,F401

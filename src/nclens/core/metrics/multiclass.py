@@ -7,10 +7,13 @@ row k belonging to the k-th class in ascending label order.
 
 No function allocates a K×K matrix: pairwise quantities (cdnv, equiangularity, ETF distances) are
 exact reductions over row blocks, so K = 50,000 classes fit in memory; nc1 works in the rank-(K−1)
-subspace of the means and never inverts a D×D matrix. ``cdnv``, ``nc2_equiangular`` and ``nc2_etf``
-share ONE float64 pass over the Gram M̄M̄ᵀ (``_pairwise_reductions``), cached on the statistics until
-their next update, so computing all three (or :func:`~nclens.core.metrics.compute_metrics`) costs one
-O(K²·D/2) pass instead of three O(K²·D) ones.
+subspace of the means and never inverts (nor, from the statistics, forms) a D×D matrix: it needs
+v_jᵀ S_W v_j only, from the full scatter or from the projected one (``scatter="projected"``).
+``cdnv``, ``nc2_equiangular`` and ``nc2_etf`` share ONE float64 pass over the Gram M̄M̄ᵀ
+(``_pairwise_reductions``), cached on the statistics until their next update, so computing all three
+(or :func:`~nclens.core.metrics.compute_metrics`) costs one O(K²·D/2) pass instead of three O(K²·D)
+ones. The centred means M̄ (K×D) and, for K > 4096, their D×D Gram M̄ᵀM̄ are computed once per
+update and shared by every metric (the fewest passes over the K×D means).
 
 Example:
     >>> import torch
@@ -37,7 +40,7 @@ from torch import Tensor
 from nclens.core.errors import UndefinedMetricError
 from nclens.core.geometry import etf_gram
 from nclens.core.metrics.registry import register_metric
-from nclens.core.stats import ClassStats
+from nclens.core.stats import ClassStats, _blas_threads, _scipy_blas, gram
 
 __all__ = [
     "centred_means",
@@ -67,8 +70,12 @@ __all__ = [
 #: Elements of one row block in the pairwise reductions (b×K float64 ≈ 128 MiB).
 _BLOCK_ELEMENTS = 2**24
 #: Elements of one Gram tile in the shared pairwise pass: a row block is computed tile by tile so
-#: that the element-wise work stays cache-resident (2**17 float64 = 1 MiB).
-_TILE_ELEMENTS = 2**17
+#: that the element-wise work stays in the last-level cache while the tile GEMMs keep efficient
+#: shapes (2**19 float64 = 4 MiB).
+_TILE_ELEMENTS = 2**19
+#: The ETF distance of the tiled pass comes from its closed form 2 − 2⟨G, ETF_K⟩/‖G‖_F when its square
+#: is at least this (no cancellation: relative error ≤ ~1e-9); below, it is summed tile by tile.
+_ETF_CLOSED_MIN = 1e-2
 
 
 def _checked(stats: ClassStats, min_classes: int = 2) -> ClassStats:
@@ -123,29 +130,55 @@ def _offdiag_mean(a: Tensor, b: Tensor, fn: Callable[[Tensor, slice], Tensor]) -
 
 
 # ----------------------------------------------------------------- moments
+def _centred(stats: ClassStats, weighted: bool = False) -> Tensor:
+    """M̄ (K×D), computed once per update and cached on ``stats`` (read-only: never modify it)."""
+    stats = _checked(stats)
+
+    def make() -> Tensor:
+        means = stats.means
+        mu_g = stats.counts @ means / stats.counts.sum() if weighted else means.mean(0)
+        return means - mu_g
+
+    return stats._cached(f"centred_means(weighted={bool(weighted)})", make)
+
+
+def _centred_gram(stats: ClassStats, weighted: bool = False) -> Tensor:
+    """M̄ᵀM̄ (D×D), cached on ``stats``: the eigh branch of nc1 and the ETF norm share it (K > 4096)."""
+    return stats._cached(f"centred_gram(weighted={bool(weighted)})", lambda: gram(_centred(stats, weighted)))
+
+
 def centred_means(stats: ClassStats, *, weighted: bool = False) -> Tensor:
     """M̄ = [μ_c − μ_G] (K×D); μ_G = mean of class means, or sample-weighted with ``weighted``."""
-    stats = _checked(stats)
-    means = stats.means
-    if weighted:
-        mu_g = stats.sums.sum(0) / stats.counts.sum()
-    else:
-        mu_g = means.mean(0)
-    return means - mu_g
+    return _centred(stats, weighted).clone()
+
+
+def _needs_full(stats: ClassStats, what: str) -> None:
+    if stats.scatter == "projected":
+        raise UndefinedMetricError(
+            f"{what} needs the full D×D scatter (scatter='full'); scatter='projected' keeps Σ_W only on the span "
+            f"of the class means (stats.projected_scatter, r×r)"
+        )
+    if stats.scatter != "full":
+        raise UndefinedMetricError(
+            f"{what} needs the full D×D scatter; these statistics were kept with scatter={stats.scatter!r}"
+        )
 
 
 def sigma_w(stats: ClassStats) -> Tensor:
-    """Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ (D×D), from the pooled scatter."""
+    """Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ (D×D), from the pooled scatter (one new D×D matrix).
+
+    Raises:
+        UndefinedMetricError: without the full scatter (``scatter="trace"`` or ``"projected"``).
+    """
     stats = _checked(stats)
-    if stats.scatter_w is None:
-        raise UndefinedMetricError("Σ_W needs the full scatter; these statistics were kept with scatter='trace'")
-    return stats.scatter_w / stats.total
+    _needs_full(stats, "Σ_W")
+    return stats.scatter_w.div_(stats.total)
 
 
 def sigma_b(stats: ClassStats, *, weighted: bool = False) -> Tensor:
     """Σ_B = (1/K) Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ (D×D)."""
-    m = centred_means(stats, weighted=weighted)
-    return m.T @ m / m.shape[0]
+    m = _centred(stats, weighted)
+    return gram(m).div_(m.shape[0])
 
 
 def _trace_w(stats: ClassStats) -> Tensor:
@@ -156,18 +189,18 @@ def _trace_b(m: Tensor) -> Tensor:
     return m.square().sum() / m.shape[0]
 
 
-def _means_svd(m: Tensor) -> tuple[Tensor, Tensor]:
+def _means_svd(m: Tensor, gram_of_m: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Right singular vectors V (D×r) and singular values s (r) of M̄ on its nonzero spectrum.
 
     Uses the SVD of the K×D matrix, or for very large K the eigendecomposition of the smaller
-    D×D Gram M̄ᵀM̄ (never form K×K).
+    D×D Gram M̄ᵀM̄ (never form K×K; ``gram_of_m`` passes a cached one).
     """
     k, d = m.shape
     if k <= 4096 or d >= k:
         _, s, vh = torch.linalg.svd(m, full_matrices=False)
         v = vh.T
     else:
-        evals, v = torch.linalg.eigh(m.T @ m)
+        evals, v = torch.linalg.eigh(gram(m) if gram_of_m is None else gram_of_m)
         evals, v = evals.flip(0), v.flip(1)
         s = evals.clamp_min(0).sqrt()
     if s.numel() == 0 or float(s[0]) == 0.0:
@@ -186,20 +219,46 @@ def nc1(stats: ClassStats, *, weighted: bool = False) -> float:
 
     Σ_B⁺ is taken on Σ_B's nonzero eigenspace (rank ≤ K−1). With M̄ = U S Vᵀ, Σ_B = V (S²/K) Vᵀ, so
     Tr(Σ_W Σ_B⁺)/K = Σ_j v_jᵀ Σ_W v_j / s_j² — only the rank-r subspace of the means is used; no D×D
-    matrix is inverted and K−1 ≥ D works.
+    matrix is inverted and K−1 ≥ D works. v_jᵀ S_W v_j comes straight from the statistics
+    (:meth:`ClassStats.within_quadratic`): from the full scatter without forming S_W, or from the
+    projected scatter P = Vᵀ S_W V of ``scatter="projected"`` (exact for any D, no D×D matrix).
+
+    Raises:
+        UndefinedMetricError: ``scatter="trace"``, a projection not finished, or coinciding means.
     """
     stats = _checked(stats)
-    return nc1_from_moments(sigma_w(stats), centred_means(stats, weighted=weighted))
+    if stats.scatter == "trace":
+        raise UndefinedMetricError(
+            "nc1 needs Σ_W on the span of the class means; these statistics were kept with scatter='trace' "
+            "(use scatter='full' or the two-pass scatter='projected')"
+        )
+    if stats.scatter == "projected" and stats.projection_phase != "done":
+        raise UndefinedMetricError(
+            f"nc1 with scatter='projected' needs the second pass (phase {stats.projection_phase!r}): call "
+            f"begin_projection(), update() over the same data again, then end_projection()"
+        )
+    m = _centred(stats, weighted)
+    k, d = m.shape
+    v, s = _means_svd(m, _centred_gram(stats, weighted) if k > 4096 and d < k else None)
+    quad = stats.within_quadratic(v) / stats.total  # (r,) v_jᵀ Σ_W v_j
+    return float((quad.clamp_min(0.0) / s.square()).sum())
 
 
-def nc1_from_moments(sigma_within: Tensor, centred: Tensor) -> float:
-    """Tr(Σ_W Σ_B⁺)/K from Σ_W (D×D) and centred means M̄ (K×D), Σ_B = M̄ᵀM̄/K.
+def nc1_from_moments(sigma_within: Tensor, centred: Tensor, *, basis: Tensor | None = None) -> float:
+    """Tr(Σ_W Σ_B⁺)/K from Σ_W and centred means M̄ (K×D), Σ_B = M̄ᵀM̄/K.
 
     = Σ_j v_jᵀ Σ_W v_j / s_j² over the nonzero singular triplets of M̄ (rank ≤ K−1). Each term is
     clamped at 0: Σ_W is positive semi-definite, so a negative v_jᵀΣ_W v_j is rounding of an exact 0.
-    Shared by the multi-class and multi-label (singleton) NC1.
+    ``sigma_within`` is D×D, or, with ``basis`` V (D×r, orthonormal, spanning the rows of M̄), the r×r
+    projected Vᵀ Σ_W V (then v_jᵀ Σ_W v_j = (Vᵀv_j)ᵀ (VᵀΣ_W V)(Vᵀv_j)). Shared by the multi-class and
+    multi-label (singleton) NC1.
     """
     v, s = _means_svd(centred)
+    if basis is not None:
+        basis = basis.to(v)
+        v = basis.T @ v  # (r, r′) coordinates of v_j in the basis
+        if bool((v.square().sum(0) < 1 - 1e-6).any()):
+            raise ValueError("the basis does not span the centred means (a singular vector lies outside it)")
     proj = ((sigma_within @ v) * v).sum(0).clamp_min(0.0)  # (r,) v_jᵀ Σ_W v_j
     return float((proj / s.square()).sum())
 
@@ -207,7 +266,7 @@ def nc1_from_moments(sigma_within: Tensor, centred: Tensor) -> float:
 def nc1_trace(stats: ClassStats, *, weighted: bool = False) -> float:
     """Tr Σ_W / Tr Σ_B (Tirer et al. 2023; Rangamani et al. 2023)."""
     stats = _checked(stats)
-    tb = _trace_b(centred_means(stats, weighted=weighted))
+    tb = _trace_b(_centred(stats, weighted))
     if float(tb) == 0.0:
         raise UndefinedMetricError("all class means coincide: Tr Σ_B = 0")
     return float(_trace_w(stats) / tb)
@@ -216,7 +275,7 @@ def nc1_trace(stats: ClassStats, *, weighted: bool = False) -> float:
 def within_share(stats: ClassStats, *, weighted: bool = False) -> float:
     """Tr Σ_W / (Tr Σ_W + Tr Σ_B) (Rangamani et al. 2023): 0 = fully collapsed, 1 = no class signal."""
     stats = _checked(stats)
-    tw, tb = _trace_w(stats), _trace_b(centred_means(stats, weighted=weighted))
+    tw, tb = _trace_w(stats), _trace_b(_centred(stats, weighted))
     if float(tw + tb) == 0.0:
         raise UndefinedMetricError("within_share is undefined: Tr Σ_W + Tr Σ_B = 0 (all features are equal)")
     return float(tw / (tw + tb))
@@ -239,15 +298,21 @@ def _pairwise_reductions(stats: ClassStats, weighted: bool = False) -> _Pairwise
       (translation invariant, so either centring gives it); computed only when every n_c ≥ 2, else NaN;
       a zero distance makes it non-finite (``cdnv`` turns both into its errors);
     * equiangularity = Σ_{c≠c′} |G_cc′/(‖m_c‖‖m_c′‖) + 1/(K−1)| / (K(K−1));
-    * ETF distance = (Σ_{c,c′} (G_cc′/‖G‖_F − (ETF_K)_cc′)²)^½, with ‖G‖_F² = ‖M̄ᵀM̄‖_F² taken first
-      from the D×D Gram (Zhu et al. 2021), so the squared differences are summed directly.
+    * ETF distance = ‖G/‖G‖_F − ETF_K‖_F (Zhu et al. 2021).
 
     When one block holds all of G (K² ≤ ``_BLOCK_ELEMENTS``, i.e. K ≤ 4096 by default) the dense
-    float64 formulas run, bit-for-bit those of the separate metrics. Otherwise G is walked once in row
-    blocks of min(``_BLOCK_ELEMENTS // K``, √``_TILE_ELEMENTS``) rows (never K×K), each block computed
-    tile by tile (≤ ``_TILE_ELEMENTS`` elements, cache-resident) over the upper triangle only: every
-    summand is symmetric in (c, c′), so tiles right of the diagonal block count twice. That is K²·D
-    multiply-adds for all three metrics, where three separate passes took 3·K²·D.
+    float64 formulas run, bit-for-bit those of the separate metrics. Otherwise G is walked once over
+    its upper triangle in row blocks of min(``_BLOCK_ELEMENTS // K``, √(``_TILE_ELEMENTS``/2)) rows,
+    each computed in tiles of ≤ ``_TILE_ELEMENTS`` entries (one float64 GEMM each; every summand is
+    symmetric in (c, c′), so tiles right of the diagonal block count twice): K²·D/2 multiply-adds for
+    all three metrics, and per tile entry a handful of element-wise passes — the cdnv sum as
+    Σ_c Σ_c′ R_cc′ (σ_c² + σ_c′²) = R·[σ², 1] with R = 1/d² (a two-column GEMV), equiangularity as one
+    ℓ₁ norm. The ETF distance needs no tile at all where its closed form is accurate: with
+    ‖ETF_K‖_F = 1, ‖G/g − ETF_K‖_F² = 2 − 2⟨G, ETF_K⟩/g, ⟨G, ETF_K⟩ = (e_d − e_o) Σ_c s_c + e_o ‖Σ_c m_c‖²
+    (e_d, e_o the ETF's diagonal and off-diagonal entries) and g = ‖G‖_F = ‖M̄ᵀM̄‖_F from the D×D Gram
+    shared with nc1 (D < K), or Σ G² accumulated in the pass (D ≥ K). Where 2 − 2⟨G, ETF_K⟩/g falls
+    below ``_ETF_CLOSED_MIN`` (near an ETF; possible only when K − 1 ≤ D) the squared differences are
+    summed tile by tile instead (in the same pass when g is known first, else in a second one).
 
     Everything is float64. A float32 GEMM would be ~2× faster on CPU but, measured at K = 1,000,
     D = 1,024, it gives relative errors of ~4e-4 in equiangularity and ETF distance near collapse
@@ -263,20 +328,58 @@ def _pairwise_reductions(stats: ClassStats, weighted: bool = False) -> _Pairwise
     return _Pairwise(*stats._cached(key, lambda: _pairwise_pass(stats, bool(weighted))).tolist())
 
 
+def _upper_tiles(k: int, height: int, width: int) -> Iterator[tuple[int, int, int, int, float]]:
+    """(r0, r1, c0, c1, weight): the upper triangle of a K×K matrix in row blocks of ``height`` rows and
+    tiles of ``width`` columns; the diagonal block once (weight 1), the tiles right of it twice (2)."""
+    for r0 in range(0, k, height):
+        r1 = min(k, r0 + height)
+        for c0 in range(r0, r1, width):
+            yield r0, r1, c0, min(r1, c0 + width), 1.0
+        for c0 in range(r1, k, width):
+            yield r0, r1, c0, min(k, c0 + width), 2.0
+
+
+def _tile_shape(k: int) -> tuple[int, int]:
+    height = max(1, min(_BLOCK_ELEMENTS // k, math.isqrt(max(_TILE_ELEMENTS // 2, 1))))
+    return height, max(1, _TILE_ELEMENTS // height)
+
+
+def _etf_constants(k: int) -> tuple[float, float]:
+    """(diagonal, off-diagonal) entries of ETF_K = (I − 11ᵀ/K)/√(K−1)."""
+    return (1 - 1 / k) / math.sqrt(k - 1), -1 / (k * math.sqrt(k - 1))
+
+
+def _etf_tiles(m: Tensor, gnorm: Tensor) -> Tensor:
+    """Σ_{c,c′} (G_cc′/‖G‖_F − (ETF_K)_cc′)² over the upper-triangle tiles of G = M̄M̄ᵀ (near-ETF case)."""
+    k = m.shape[0]
+    diag, off = _etf_constants(k)
+    total = torch.zeros((), dtype=torch.float64, device=m.device)
+    for r0, r1, c0, c1, weight in _upper_tiles(k, *_tile_shape(k)):
+        e = (m[r0:r1] @ m[c0:c1].T).div_(gnorm).sub_(off)
+        lo, hi = max(r0, c0), min(r1, c1)
+        if lo < hi:
+            di = torch.arange(lo, hi, device=m.device)
+            e[di - r0, di - c0] -= diag - off
+        flat = e.reshape(-1)
+        total = total + weight * torch.dot(flat, flat)
+    return total
+
+
 def _pairwise_pass(stats: ClassStats, weighted: bool) -> Tensor:
     """(3,) float64 [cdnv, equiangularity, ETF distance]; see :func:`_pairwise_reductions`."""
-    m = centred_means(stats, weighted=weighted)  # (K, D)
-    k, dev = m.shape[0], m.device
+    m = _centred(stats, weighted)  # (K, D)
+    k, d = m.shape
+    dev = m.device
     var = stats.class_sq / stats.counts if bool((stats.counts >= 2).all()) else None  # (K,) σ_c²
     sq = m.square().sum(1)  # (K,) s_c
     pairs, tiny = k * (k - 1), torch.finfo(torch.float64).tiny
     nan = torch.full((), float("nan"), dtype=torch.float64, device=dev)
     if k * k <= _BLOCK_ELEMENTS:  # dense: the formulas of the separate metrics, unchanged
-        gram = m @ m.T  # (K, K)
+        gram_k = m @ m.T  # (K, K)
         eye = torch.arange(k, device=dev)
         cd = nan
         if var is not None:
-            dist2 = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min(0.0)
+            dist2 = (sq[:, None] + sq[None, :] - 2.0 * gram_k).clamp_min(0.0)
             dist2[dist2 == 0] = float("nan")
             term = (var[:, None] + var[None, :]) / (2.0 * dist2)
             term[eye, eye] = 0.0
@@ -285,48 +388,63 @@ def _pairwise_pass(stats: ClassStats, weighted: bool) -> Tensor:
         cos = (unit @ unit.T + 1.0 / (k - 1)).abs()
         cos[eye, eye] = 0.0
         eq = cos.sum() / pairs
-        norm = torch.linalg.matrix_norm(gram)
-        etf = torch.linalg.matrix_norm(gram / norm - etf_gram(k, device=dev))
+        norm = torch.linalg.matrix_norm(gram_k)
+        etf = torch.linalg.matrix_norm(gram_k / norm - etf_gram(k, device=dev))
         return torch.stack([cd, eq, etf]).cpu()
 
-    mtm = m.T @ m  # (D, D)
-    gnorm = (mtm * mtm).sum().clamp_min(0).sqrt()  # ‖G‖_F = ‖M̄ᵀM̄‖_F
     inv = 1.0 / m.norm(dim=1).clamp_min(tiny)  # (K,) 1/‖m_c‖
     shift = 1.0 / (k - 1)
-    diag, off = (1 - 1 / k) / math.sqrt(k - 1), -1 / (k * math.sqrt(k - 1))  # ETF_K entries
-    acc_cd, acc_eq, acc_etf = (torch.zeros((), dtype=torch.float64, device=dev) for _ in range(3))
-    # row blocks within the budget, at most √_TILE_ELEMENTS tall so that the tiles stay near-square
-    height = max(1, min(_BLOCK_ELEMENTS // k, math.isqrt(_TILE_ELEMENTS)))
-    width = max(1, min(_TILE_ELEMENTS, _BLOCK_ELEMENTS) // height)
-    for r0 in range(0, k, height):
-        r1 = min(k, r0 + height)
-        rows = slice(r0, r1)
-        a = m[rows]  # (b, D)
-        tiles = [(c, min(r1, c + width), 1.0) for c in range(r0, r1, width)]  # diagonal block: once
-        tiles += [(c, min(k, c + width), 2.0) for c in range(r1, k, width)]  # right of it: twice
-        for c0, c1, weight in tiles:
-            g = a @ m[c0:c1].T  # (b, w) tile of G
-            lo, hi = max(r0, c0), min(r1, c1)
-            di = torch.arange(lo, hi, device=dev) if lo < hi else None  # diagonal entries c = c′
-            # ETF distance: (G/‖G‖_F − ETF_K)² over every entry, the diagonal included
-            e = g.div(gnorm).sub_(off)
+    diag, off = _etf_constants(k)
+    inner = (diag - off) * sq.sum() + off * m.sum(0).square().sum()  # ⟨G, ETF_K⟩
+    gnorm2 = None
+    if d < k:  # ‖G‖_F² = ‖M̄ᵀM̄‖_F² from the (cached, shared with nc1) D×D Gram
+        flat = _centred_gram(stats, weighted).reshape(-1)
+        gnorm2 = torch.dot(flat, flat)
+    etf_in_pass = gnorm2 is not None and bool(2.0 - 2.0 * inner / gnorm2.clamp_min(tiny).sqrt() < _ETF_CLOSED_MIN)
+    acc_cd, acc_eq, acc_etf, acc_g2 = (torch.zeros((), dtype=torch.float64, device=dev) for _ in range(4))
+    height, width = _tile_shape(k)
+    cap = height * width
+    buf_g, buf_a, buf_b = (torch.empty(cap, dtype=torch.float64, device=dev) for _ in range(3))
+    var_one = torch.stack([var, torch.ones_like(var)], 1) if var is not None else None  # (K, 2) [σ², 1]
+    for r0, r1, c0, c1, weight in _upper_tiles(k, height, width):
+        h, w = r1 - r0, c1 - c0
+        g = torch.mm(m[r0:r1], m[c0:c1].T, out=buf_g[: h * w].view(h, w))  # (h, w) tile of G
+        lo, hi = max(r0, c0), min(r1, c1)
+        di = torch.arange(lo, hi, device=dev) if lo < hi else None  # diagonal entries c = c′
+        if gnorm2 is None:
+            flat = g.reshape(-1)
+            acc_g2 = acc_g2 + weight * torch.dot(flat, flat)
+        if etf_in_pass:  # (G/‖G‖_F − ETF_K)² over every entry, the diagonal included
+            e = torch.div(g, gnorm2.sqrt(), out=buf_a[: h * w].view(h, w)).sub_(off)
             if di is not None:
                 e[di - r0, di - c0] -= diag - off
-            acc_etf = acc_etf + weight * e.square_().sum()
-            # equiangularity: |G_cc′/(‖m_c‖‖m_c′‖) + 1/(K−1)| off the diagonal
-            cos = g.mul(inv[rows, None]).mul_(inv[None, c0:c1]).add_(shift).abs_()
+            flat = e.reshape(-1)
+            acc_etf = acc_etf + weight * torch.dot(flat, flat)
+        # equiangularity: |G_cc′/(‖m_c‖‖m_c′‖) + 1/(K−1)| off the diagonal, as one ℓ₁ norm
+        cos = torch.mul(g, inv[r0:r1, None], out=buf_a[: h * w].view(h, w)).mul_(inv[None, c0:c1]).add_(shift)
+        if di is not None:
+            cos[di - r0, di - c0] = 0.0
+        acc_eq = acc_eq + weight * torch.linalg.vector_norm(cos, ord=1)
+        # cdnv: Σ (σ_c² + σ_c′²) R_cc′, R = 1/d² (the ½ is applied once at the end); d² = 0 gives inf/NaN
+        if var_one is not None:
+            recip = torch.add(sq[None, c0:c1], g, alpha=-2.0, out=buf_b[: h * w].view(h, w))
+            recip.add_(sq[r0:r1, None]).clamp_min_(0.0).reciprocal_()
             if di is not None:
-                cos[di - r0, di - c0] = 0.0
-            acc_eq = acc_eq + weight * cos.sum()
-            # cdnv: (σ_c² + σ_c′²)/d²_cc′ (the ½ is applied once at the end); d² = 0 gives inf/NaN
-            if var is not None:
-                dist2 = (sq[rows, None] + sq[None, c0:c1]).sub_(g, alpha=2.0).clamp_min_(0.0)
-                term = (var[rows, None] + var[None, c0:c1]).div_(dist2)
-                if di is not None:
-                    term[di - r0, di - c0] = 0.0
-                acc_cd = acc_cd + weight * term.sum()
+                recip[di - r0, di - c0] = 0.0
+            sums = recip @ var_one[c0:c1]  # (h, 2): Σ_c′ R σ_c′², Σ_c′ R
+            acc_cd = acc_cd + weight * (sums[:, 0].sum() + sums[:, 1] @ var[r0:r1])
+    if gnorm2 is None:
+        gnorm2 = acc_g2
+    gnorm = gnorm2.clamp_min(0).sqrt()
+    if float(gnorm) == 0.0:
+        etf = nan
+    elif etf_in_pass:
+        etf = acc_etf.clamp_min(0).sqrt()
+    else:
+        closed = 2.0 - 2.0 * inner / gnorm
+        etf = (closed if bool(closed >= _ETF_CLOSED_MIN) else _etf_tiles(m, gnorm)).clamp_min(0).sqrt()
     cd = 0.5 * acc_cd / pairs if var is not None else nan
-    return torch.stack([cd, acc_eq / pairs, acc_etf.clamp_min(0).sqrt()]).cpu()
+    return torch.stack([cd, acc_eq / pairs, etf]).cpu()
 
 
 def cdnv(stats: ClassStats) -> float:
@@ -402,7 +520,7 @@ def etf_dist_of_product(a: Tensor, b: Tensor) -> Tensor:
 
 def nc2_equinorm(stats: ClassStats, *, weighted: bool = False) -> float:
     """std_c ‖μ_c − μ_G‖ / mean_c ‖μ_c − μ_G‖ (population std; Papyan et al. 2020)."""
-    return _equinorm(centred_means(stats, weighted=weighted))
+    return _equinorm(_centred(stats, weighted))
 
 
 def nc2_equinorm_w(weight: Tensor) -> float:
@@ -418,7 +536,7 @@ def nc2_equiangular(stats: ClassStats, *, weighted: bool = False) -> float:
     Raises:
         UndefinedMetricError: a centred class mean is 0 (its angle to the others is undefined).
     """
-    _no_zero_rows(centred_means(stats, weighted=weighted))
+    _no_zero_rows(_centred(stats, weighted))
     return _pairwise_reductions(stats, weighted=weighted).equiangular
 
 
@@ -447,7 +565,7 @@ def nc2_etf_w(weight: Tensor) -> float:
 # -------------------------------------------------------------------- NC3
 def nc3_duality(stats: ClassStats, weight: Tensor, *, weighted: bool = False) -> float:
     """‖Wᵀ/‖W‖_F − M̄ᵀ/‖M̄‖_F‖_F² (self-duality; Papyan et al. 2020)."""
-    m = centred_means(stats, weighted=weighted)
+    m = _centred(stats, weighted)
     w = _check_weight(weight, *m.shape).to(m.device)
     if float(torch.linalg.matrix_norm(m)) == 0.0 or float(torch.linalg.matrix_norm(w)) == 0.0:
         raise UndefinedMetricError("nc3_duality is undefined: the centred means or the classifier are 0")
@@ -456,7 +574,7 @@ def nc3_duality(stats: ClassStats, weight: Tensor, *, weighted: bool = False) ->
 
 def nc3_etf(stats: ClassStats, weight: Tensor, *, weighted: bool = False) -> float:
     """ETFdist(W M̄ᵀ) (Zhu et al. 2021)."""
-    m = centred_means(stats, weighted=weighted)
+    m = _centred(stats, weighted)
     w = _check_weight(weight, *m.shape).to(m.device)
     value = float(etf_dist_of_product(w, m))
     if not math.isfinite(value):
@@ -508,17 +626,47 @@ def mismatch_count(features: Tensor, weight: Tensor, bias: Tensor | None, means:
 
 # ------------------------------------------------------------ spread / rank
 def total_covariance(stats: ClassStats) -> Tensor:
-    """Σ_T = S_W/N + Σ_c (n_c/N)(μ_c − μ)(μ_c − μ)ᵀ: the features' covariance around the sample mean."""
+    """Σ_T = S_W/N + Σ_c (n_c/N)(μ_c − μ)(μ_c − μ)ᵀ: the features' covariance around the sample mean.
+
+    Built in one new D×D matrix (S_W/N, then the between part added in place).
+
+    Raises:
+        UndefinedMetricError: without the full scatter (``scatter="trace"`` or ``"projected"``).
+    """
     stats = _checked(stats, min_classes=1)
-    m = centred_means(stats, weighted=True) if stats.n_classes > 1 else stats.means * 0
-    weights = (stats.counts / stats.total).sqrt()[:, None]
-    between = (weights * m).T @ (weights * m)
-    return sigma_w(stats) + between
+    _needs_full(stats, "the total covariance")
+    out = stats.scatter_w.div_(stats.total)  # (D, D) Σ_W, a new matrix
+    if stats.n_classes > 1:
+        between = (stats.counts / stats.total).sqrt()[:, None] * _centred(stats, weighted=True)  # (K, D)
+        out.addmm_(between.T, between)
+    return out
+
+
+def _eigvalsh_(a: Tensor) -> Tensor:
+    """Eigenvalues of a symmetric matrix, overwriting it on CPU (LAPACK through SciPy: no D×D copy)."""
+    if a.device.type == "cpu" and _scipy_blas():
+        import scipy.linalg
+
+        with _blas_threads(_scipy_blas()["libs"]):
+            values = scipy.linalg.eigh(a.numpy(), eigvals_only=True, overwrite_a=True, check_finite=False)
+        return torch.from_numpy(values)
+    return torch.linalg.eigvalsh(a)
 
 
 def effective_rank(stats: ClassStats) -> float:
-    """exp(H(p)), p = normalised eigenvalues of the total covariance (Roy & Vetterli 2007)."""
-    evals = torch.linalg.eigvalsh(total_covariance(stats)).clamp_min(0.0)
+    """exp(H(p)), p = normalised eigenvalues of the total covariance (Roy & Vetterli 2007).
+
+    Raises:
+        UndefinedMetricError: without the full D×D scatter, or a covariance that is not finite.
+    """
+    _needs_full(_checked(stats, min_classes=1), "effective_rank")
+    cov = total_covariance(stats)
+    if not bool(torch.isfinite(cov).all()):
+        raise UndefinedMetricError("effective_rank is undefined: the total covariance is not finite")
+    try:
+        evals = _eigvalsh_(cov).clamp_min(0.0)
+    except (ValueError, RuntimeError) as exc:  # LAPACK did not converge
+        raise UndefinedMetricError(f"effective_rank is undefined: the eigen-solver failed ({exc})") from exc
     total = evals.sum()
     if float(total) == 0.0:
         return 0.0
