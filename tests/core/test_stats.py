@@ -118,7 +118,7 @@ def test_scatter_matches_sklearn_lda():
 
 
 def test_float32_strong_collapse_is_accurate_and_naive_formula_is_not():
-    """Means ~1e2, within-class std 1e-3, K=10, D=64, float32 input (DESIGN.md regression test)."""
+    """Means ~1e2, within-class std 1e-3, K=10, D=64, float32 input (the strong-collapse regression test)."""
     from nclens.core.metrics import nc1
 
     data = gaussian_features(10, 64, 300, radius=100.0, sigma=1e-3, offset=50.0, seed=2, dtype=torch.float32)

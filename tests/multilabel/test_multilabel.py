@@ -94,7 +94,7 @@ def test_exact_mlab_nc_features_score_zero_and_recover_planted_scales():
 
 
 def _reference_metrics(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Independent float64 numpy implementation of DESIGN.md's multi-label definitions."""
+    """Independent float64 numpy implementation of the registry's multi-label definitions."""
     k = y.shape[1]
     keys = [tuple(row) for row in y]
     sets = sorted(set(keys))
@@ -149,7 +149,7 @@ def test_noisy_features_recover_planted_scale_and_nc1_ground_truth():
     k, r, sigma = 4, 2.0, 0.2
     data = multilabel_gaussian(k, 8, (400, 150), scales=(1.4,), radius=r, sigma=sigma, seed=5, dtype=torch.float64)
     m = compute_multilabel_metrics(data.features, data.labels)
-    expected = sigma**2 * (k - 1) ** 2 / (k * r**2)  # σ²(K−1)²/(K r²), DESIGN.md ground truth
+    expected = sigma**2 * (k - 1) ** 2 / (k * r**2)  # σ²(K−1)²/(K r²), the closed form
     assert m["nc1"] == pytest.approx(expected, rel=0.15)
     assert m["nc1_sets"] == pytest.approx(expected, rel=0.15)
     assert m["tagwise_scale_m2"] == pytest.approx(1.4, abs=0.02)

@@ -10,6 +10,7 @@ from nclens.nn.losses import (
     LOSSES,
     PickAllLabelLoss,
     binary_cross_entropy,
+    get_loss,
     normalized_pick_all_label_ce,
     one_hot_mse,
     pick_all_label_ce,
@@ -68,7 +69,32 @@ def test_normalized_variant_bce_and_mse_against_references():
     assert torch.allclose(one_hot_mse(z, labels), one_hot_mse(z, F.one_hot(labels, z.shape[1])), rtol=1e-14)
     assert torch.allclose(PickAllLabelLoss()(z, y), pick_all_label_ce(z, y))
     assert torch.allclose(PickAllLabelLoss(normalized=True)(z, y), normalized_pick_all_label_ce(z, y))
-    assert set(LOSSES) == {"pal", "ce", "bce", "mse"}
+
+
+def test_loss_registry_one_meaning_per_name():
+    """Each registered name against an independent reference: torch's own modules or float64 formulas."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(9, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (9,), generator=g)
+    onehot = F.one_hot(y, 5).double()
+    assert set(LOSSES) == {"ce", "mse", "mse_sum", "mse_half", "pal", "pal_normalized", "bce"}
+    assert torch.allclose(get_loss("ce")(z, y), torch.nn.CrossEntropyLoss()(z, y), rtol=1e-14)
+    assert torch.allclose(get_loss("ce")(z, y, label_smoothing=0.1),
+                          torch.nn.CrossEntropyLoss(label_smoothing=0.1)(z, y), rtol=1e-14)
+    assert torch.allclose(get_loss("mse")(z, y), torch.nn.MSELoss()(z, onehot), rtol=1e-14)  # mean over N·K
+    assert torch.allclose(get_loss("mse_sum")(z, y), ((z - onehot) ** 2).sum(1).mean(), rtol=1e-14)
+    assert torch.allclose(get_loss("mse_half")(z, y), 0.5 * ((z - onehot) ** 2).sum(1).mean(), rtol=1e-14)
+    smooth = onehot * 0.8 + 0.2 / 5
+    assert torch.allclose(get_loss("mse")(z, y, label_smoothing=0.2), torch.nn.MSELoss()(z, smooth), rtol=1e-14)
+    # sum = N * mean for every loss (what exact DDP weighting relies on)
+    for name, spec in LOSSES.items():
+        targets = onehot.long() if spec.targets == "multi_hot" else y
+        fn = get_loss(name)
+        assert torch.allclose(fn(z, targets, reduction="sum"), 9 * fn(z, targets), rtol=1e-13), name
+    with pytest.raises(ValueError, match="unknown loss 'hinge'; valid losses: ce, mse"):
+        get_loss("hinge")
+    with pytest.raises(ValueError, match="takes no label smoothing"):
+        get_loss("pal")(z, onehot, label_smoothing=0.1)
 
 
 def test_bad_inputs_are_clear_errors():

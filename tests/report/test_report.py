@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import pytest
@@ -10,11 +11,14 @@ import torch
 from typer.testing import CliRunner
 
 from nclens.cli import app
-from nclens.intermediate.experiment import run_experiment
+from nclens.intermediate.config import IntermediateConfig
+from nclens.intermediate.experiment import run_intermediate
+from nclens.intermediate.figures import headline, write_figures
 from nclens.report import make_report
-from nclens.report.figures import fig_within_share_depth, write_figures
-from nclens.report.html import headline, html_table
-from nclens.runs.config import ExperimentConfig, replace
+from nclens.report.figures import fig_within_share_depth
+from nclens.report.html import html_table
+from nclens.runs.config import replace
+from nclens.runs.folder import RunFolder
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -24,13 +28,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def run_dir(tmp_path_factory):
     torch.set_num_threads(1)
     cfg = replace(
-        ExperimentConfig(name="report-test"),
+        IntermediateConfig(name="report-test"),
         data={"train_subset": 250, "batch_size": 64},
         model={"depth": 2, "width": 16},
         train={"epochs": 2, "measure_every": 1, "progress": False},
-        fixed_etf={"num_fixed": [0, 3], "epochs": 1},
+        fixed_etf={"enabled": True, "num_fixed": [0, 3], "epochs": 1},
     )
-    run = run_experiment(cfg, tmp_path_factory.mktemp("runs") / "r", fixed_etf=True)
+    run = run_intermediate(cfg, tmp_path_factory.mktemp("runs") / "r")
     make_report(run)
     return run
 
@@ -45,7 +49,7 @@ def test_write_figures_returns_paths(tmp_path):
     (tmp_path / "layers.jsonl").write_text(
         '{"epoch": 0, "split": "train", "layer": "a", "index": 0, "within_share": 0.5, "nc1": 1.0}\n'
     )
-    paths = write_figures(tmp_path)
+    paths = write_figures(RunFolder(tmp_path))
     assert set(paths) == {"within_share_depth", "nc1_epochs", "ncc_accuracy"}
     assert all(p.read_bytes().startswith(PNG) for p in paths.values())
 
@@ -54,7 +58,7 @@ def test_report_html_is_self_contained(run_dir):
     path = run_dir / "report.html"
     text = path.read_text()
     assert path.name == "report.html"
-    assert "report-test" in text and "Fixed-ETF layers" in text and "Resolved config" in text
+    assert "report-test" in text and "fixed-ETF layers" in text and "Resolved config" in text
     assert not re.search(r"""(src|href)=["'](https?:|file:|/|\.\./|figures/)""", text)
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
     assert len(images) >= 6 and all(base64.b64decode(img).startswith(PNG) for img in images)
@@ -81,4 +85,24 @@ def test_cli_report_and_errors(run_dir, tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "does not exist" in result.output
     result = runner.invoke(app, ["report", str(tmp_path)])
-    assert result.exit_code == 2 and "not a run folder" in result.output
+    assert result.exit_code == 2 and "holds no nclens run" in result.output
+
+
+def test_report_escapes_everything_a_run_folder_supplies(run_dir, tmp_path):
+    """A shared run folder must not be able to put markup or a script into report.html."""
+    import shutil
+
+    evil = tmp_path / "evil"
+    shutil.copytree(run_dir, evil)
+    fixed = json.loads((evil / "fixed_etf.json").read_text())
+    fixed["epochs"] = "<script>alert(1)</script>"
+    fixed["rows"][0]["train_accuracy"] = "<img src=x onerror=alert(2)>"
+    (evil / "fixed_etf.json").write_text(json.dumps(fixed))
+    with (evil / "layers.jsonl").open("a") as handle:
+        handle.write(json.dumps({"epoch": 99, "split": "train", "layer": "<b>x</b>", "index": 9,
+                                 "within_share": 0.5}) + "\n")
+    config = (evil / "config.yaml").read_text().replace("name: report-test", "name: '<script>x</script>'")
+    (evil / "config.yaml").write_text(config)
+    text = make_report(evil).read_text()
+    assert "<script>" not in text and "<img src=x" not in text and "<b>x</b>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text

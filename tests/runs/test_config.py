@@ -1,37 +1,26 @@
-"""Config: defaults, YAML load, typed overrides, clear errors naming the bad key/value."""
+"""The config machinery: YAML load, typed overrides, finite numbers, duplicate keys, shipped configs."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from nclens.runs.config import (
-    ExperimentConfig,
-    apply_overrides,
-    config_from_dict,
-    config_to_dict,
-    config_to_yaml,
-    load_config,
-    replace,
-    valid_keys,
-)
-from nclens.intermediate.experiment import default_config
-
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+from nclens.intermediate.config import IntermediateConfig
+from nclens.runs.config import build_config, config_as_dict, config_to_yaml, dotted_keys, load_yaml_config, \
+    override_config, replace
+from nclens.runs.experiment import find_config, load_run_config, shipped_configs, validate_run_name
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):
-    cfg = default_config()
+    cfg = load_run_config("intermediate_digits").config
     path = tmp_path / "c.yaml"
     path.write_text(config_to_yaml(cfg))
-    assert load_config(path) == cfg
-    assert config_from_dict(config_to_dict(cfg)) == cfg
-    assert config_from_dict({}) == ExperimentConfig()
+    assert load_yaml_config(IntermediateConfig, path) == cfg
+    assert build_config(IntermediateConfig, config_as_dict(cfg)) == cfg
+    assert build_config(IntermediateConfig, {}) == IntermediateConfig()
 
 
 def test_overrides_are_coerced_to_field_types():
-    cfg = apply_overrides(ExperimentConfig(), [
+    cfg = override_config(IntermediateConfig(), [
         "train.epochs=7", "optim.lr=1e-3", "model.batchnorm=false", "optim.milestones=[3, 5]",
         "train.layers=fc1", "data.train_subset=null", "data.train_subset=200", "train.loss=ce", "name=x",
         "optim.warmup_epochs=2",
@@ -46,17 +35,18 @@ def test_overrides_are_coerced_to_field_types():
 
 def test_unknown_key_lists_valid_keys(tmp_path):
     with pytest.raises(ValueError, match=r"unknown key 'epochz' in section 'train'; valid keys: .*epochs"):
-        apply_overrides(ExperimentConfig(), ["train.epochz=3"])
+        override_config(IntermediateConfig(), ["train.epochz=3"])
     with pytest.raises(ValueError, match=r"unknown key 'trian.epochs'; valid keys: .*train\.epochs"):
-        apply_overrides(ExperimentConfig(), ["trian.epochs=3"])
+        override_config(IntermediateConfig(), ["trian.epochs=3"])
     path = tmp_path / "bad.yaml"
     path.write_text("model: {arch: mlp, widht: 3}\n")
     with pytest.raises(ValueError, match=r"unknown key 'widht' in section 'model'; valid keys: .*width"):
-        load_config(path)
+        load_yaml_config(IntermediateConfig, path)
     path.write_text("modle: {arch: mlp}\n")
     with pytest.raises(ValueError, match="unknown top-level key 'modle'"):
-        load_config(path)
-    assert "train.epochs" in valid_keys() and "fixed_etf.num_fixed" in valid_keys()
+        load_yaml_config(IntermediateConfig, path)
+    keys = dotted_keys(IntermediateConfig)
+    assert "train.epochs" in keys and "fixed_etf.num_fixed" in keys
 
 
 @pytest.mark.parametrize(
@@ -66,48 +56,70 @@ def test_unknown_key_lists_valid_keys(tmp_path):
         ("train.epochs=2.5", TypeError, "train.epochs must be an integer"),
         ("model.batchnorm=maybe", TypeError, "model.batchnorm must be a boolean"),
         ("optim.lr=fast", TypeError, "optim.lr must be a number"),
-        ("train.loss=hinge", ValueError, r"train.loss must be one of \['ce', 'mse'\], got 'hinge'"),
+        ("optim.lr=nan", ValueError, "optim.lr must be a finite number, got nan"),
+        ("optim.weight_decay=inf", ValueError, "optim.weight_decay must be a finite number, got inf"),
+        ("optim.warmup_epochs=.nan", ValueError, "optim.warmup_epochs must be a finite number"),
+        ("optim.gamma=-.inf", ValueError, "optim.gamma must be a finite number"),
+        ("train.loss=hinge", ValueError, r"train.loss must be one of \['ce', 'mse', 'mse_sum', 'mse_half'\]"),
         ("model.arch=vgg", ValueError, "model.arch must be one of"),
         ("train.epochs=0", ValueError, "train.epochs must be > 0"),
         ("optim.lr=-1", ValueError, "optim.lr must be > 0"),
         ("data.name=cifar10", ValueError, "set data.root"),
         ("train.measure_epochs=[0, 999]", ValueError, "measure_epochs must lie in"),
         ("train.epochs", ValueError, "must look like section.key=value"),
-        ("kind=fixed_etf", ValueError, None),
+        ("fixed_etf.enabled=true", ValueError, "exceeds the MLP"),
     ],
 )
 def test_bad_values_are_clear_errors(override, error, match):
-    base = replace(ExperimentConfig(), fixed_etf={"num_fixed": [0, 99]})
-    with pytest.raises(error, match=match or "exceeds the MLP"):
-        apply_overrides(base, [override])
+    base = replace(IntermediateConfig(), fixed_etf={"num_fixed": [0, 99]})
+    with pytest.raises(error, match=match):
+        override_config(base, [override])
 
 
-def test_missing_file_and_non_mapping(tmp_path):
+def test_yaml_files_empty_duplicate_keys_missing_and_non_mapping(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_config(tmp_path / "nope.yaml")
-    path = tmp_path / "list.yaml"
+        load_yaml_config(IntermediateConfig, tmp_path / "nope.yaml")
+    path = tmp_path / "c.yaml"
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
-        load_config(path)
+        load_yaml_config(IntermediateConfig, path)
+    path.write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        load_yaml_config(IntermediateConfig, path)
+    path.write_text("name: a\ntrain:\n  epochs: 3\n  epochs: 4\n")
+    with pytest.raises(ValueError, match=r"duplicate key 'epochs' at line 4 \(first at line 3\)"):
+        load_yaml_config(IntermediateConfig, path)
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        load_yaml_config(IntermediateConfig, path)
+
+
+@pytest.mark.parametrize("name", ["/tmp/abs", "../up", "a/b", "", ".hidden", "x..y", "a b"])
+def test_run_names_stay_inside_runs(name):
+    with pytest.raises(ValueError, match="plain folder name"):
+        validate_run_name(name)
+    assert validate_run_name("intermediate-digits_2.1") == "intermediate-digits_2.1"
 
 
 def test_measured_epochs():
-    cfg = replace(ExperimentConfig(), train={"epochs": 12, "measure_every": 5})
+    cfg = replace(IntermediateConfig(), train={"epochs": 12, "measure_every": 5})
     assert cfg.train.measured_epochs() == [0, 5, 10, 12]
     cfg = replace(cfg, train={"measure_epochs": [12, 3, 3]})
     assert cfg.train.measured_epochs() == [3, 12]
 
 
-def test_shipped_experiment_configs_are_valid():
-    files = sorted(EXPERIMENTS.glob("intermediate_*.yaml"))
-    assert len(files) >= 6
-    for path in files:
-        cfg = load_config(path)
-        assert cfg.name.startswith("intermediate")
-    paper = load_config(EXPERIMENTS / "intermediate_resnet18_cifar10.yaml")
-    assert (paper.model.arch, paper.train.loss, paper.optim.name, paper.optim.weight_decay) == (
-        "resnet18", "mse", "sgd", 5e-4
-    )
-    # the shipped digits config is the demo's default experiment
-    shipped = load_config(EXPERIMENTS / "intermediate_digits.yaml")
-    assert replace(shipped, name=default_config().name) == default_config()
+def test_shipped_configs_are_valid_and_found_by_name(tmp_path):
+    configs = shipped_configs()
+    assert {"intermediate_digits", "intermediate_smoke"} <= {c.name for c in configs}
+    for c in configs:
+        spec = load_run_config(c.name)
+        assert spec.experiment.kind == c.kind and c.description and c.cpu_time
+    assert find_config("intermediate_digits") == find_config("intermediate_digits.yaml")
+    with pytest.raises(FileNotFoundError, match="neither a file nor a shipped config; shipped: .*intermediate_smoke"):
+        find_config("no_such_config")
+    (tmp_path / "k.yaml").write_text("name: x\n")
+    with pytest.raises(ValueError, match="has no 'kind:'"):
+        load_run_config(tmp_path / "k.yaml")
+    (tmp_path / "k.yaml").write_text("kind: nope\nname: x\n")
+    with pytest.raises(ValueError, match="unknown experiment kind 'nope'; known kinds: .*intermediate"):
+        load_run_config(tmp_path / "k.yaml")

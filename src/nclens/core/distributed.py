@@ -1,7 +1,7 @@
 """torch.distributed helpers: start from the torchrun environment, shard data, measure across ranks.
 
-One measurement over R processes equals one measurement in one process (DESIGN.md, "Statistics
-engine"): every rank streams its shard into :class:`~nclens.core.stats.ClassStats`, then
+One measurement over R processes equals one measurement in one process (ARCHITECTURE.md, "The engine's
+numerics"): every rank streams its shard into :class:`~nclens.core.stats.ClassStats`, then
 :meth:`ClassStats.all_reduce <nclens.core.stats.ClassStats.all_reduce>` sums counts and sums, and each
 rank's scatter re-centred on the global means (Chan, Golub & LeVeque 1979) — two all_reduce calls
 of O(K·D + D²) numbers per layer, never an all_gather of the ranks' states.

@@ -163,7 +163,7 @@ def measure_features(
 ) -> dict[str, float]:
     """All NC metrics of a feature file, streamed through :class:`ClassStats` in batches.
 
-    Returns a flat ``{metric: value}`` whose keys are the metric names of DESIGN.md (classifier
+    Returns a flat ``{metric: value}`` whose keys are the metric names of the registry (classifier
     metrics and nc4 only when ``weight`` is present). Multi-label files (N×K labels) give the
     multi-label metrics of :mod:`nclens.core.metrics.multilabel`.
     """

@@ -37,6 +37,8 @@ __all__ = [
     "run_folder_lock",
     "RunFolderBusy",
     "write_png",
+    "write_csv",
+    "csv_text",
 ]
 
 
@@ -119,6 +121,35 @@ def write_png(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120, tight: 
     finally:
         plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Iterable[str] | None = None) -> str:
+    """Rows as CSV text: ``columns`` (default: every key, in first-seen order); ``None``/NaN as empty cells,
+    lists and dicts as JSON."""
+    import csv
+    import io
+
+    rows = list(rows)
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    columns = list(columns)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        cells = []
+        for col in columns:
+            value = to_jsonable(row.get(col))
+            cells.append("" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else value)
+        writer.writerow(cells)
+    return buf.getvalue()
+
+
+def write_csv(
+    path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], columns: Iterable[str] | None = None
+) -> Path:
+    """Write rows as CSV atomically (see :func:`csv_text`)."""
+    return atomic_write_text(path, csv_text(rows, columns))
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -1,6 +1,6 @@
 """``measure(model, loader, layers=...)``: one pass over the data, NC metrics for every layer.
 
-Data flow (DESIGN.md): data → model → :class:`~nclens.core.probe.Probe` (features per layer) →
+Data flow (ARCHITECTURE.md): data → model → :class:`~nclens.core.probe.Probe` (features per layer) →
 :class:`~nclens.core.stats.ClassStats` (per layer) → :mod:`nclens.core.metrics` → :class:`CollapseReport`.
 One forward pass gives NC1–NC3 for all requested layers at once; NC4 (classifier vs nearest class
 mean) takes a second pass, only when asked for, because it needs the class means of the first.
@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nclens.core.console import format_table, progress_bar
 from nclens.core.io import to_jsonable, write_json
 from nclens.core.metrics import compute_metrics, mismatch_count
 from nclens.core.metrics.registry import order_columns
@@ -88,55 +89,6 @@ class CollapseReport:
 
     def __str__(self) -> str:
         return format_table(self.metrics, title="neural collapse per layer")
-
-
-def format_table(metrics: dict[str, dict[str, float]], title: str | None = None, row_header: str = "layer") -> str:
-    """Render ``{row: {column: value}}`` as a plain-text table (rich), values in 4 significant digits."""
-    from rich.console import Console
-    from rich.table import Table
-
-    columns: list[str] = []
-    for row in metrics.values():
-        columns += [c for c in row if c not in columns]
-    columns = order_columns(columns)
-    table = Table(title=title)
-    table.add_column(row_header)
-    for col in columns:
-        table.add_column(col, justify="right")
-    for name, row in metrics.items():
-        cells = []
-        for col in columns:
-            value = row.get(col)
-            cells.append("" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value)))
-        table.add_row(name, *cells)
-    console = Console(width=max(100, 14 * (len(columns) + 1)), record=True, force_terminal=False)
-    with console.capture() as capture:
-        console.print(table)
-    return capture.get()
-
-
-def progress_bar(enabled: bool, description: str, total: int | None):
-    """A rich progress bar (no-op context when disabled); yields ``advance()``."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def _bar():
-        if not enabled:
-            yield lambda n=1: None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-        ) as prog:
-            task = prog.add_task(description, total=total)
-            yield lambda n=1: prog.advance(task, n)
-
-    return _bar()
 
 
 def classifier_layers(model: nn.Module, layers: Sequence[str], mode: str, num_classes: int) -> dict[str, nn.Linear]:

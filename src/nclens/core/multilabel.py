@@ -3,7 +3,7 @@
 A multi-hot row y ∈ {0,1}^K (K ≤ 62 tags) is encoded as the integer code(y) = Σ_k y_k 2^k, so every
 label set S ⊆ {0..K−1} is one integer and ``ClassStats(num_classes=None)`` keeps the sets in its
 sorted, growing label index. Because the index is *sorted by code*, it is the same however the
-data are batched, sharded or merged (DESIGN.md, "Statistics engine": multi-label). The singleton
+data are batched, sharded or merged (label sets are classes of their own). The singleton
 {k} has code 2^k, so singletons appear in tag order.
 
 :class:`MultiLabelStats` keeps two streaming statistics of one layer:

@@ -104,6 +104,7 @@ class Probe:
         self.mode = mode
         self.pool = pool
         self.features: dict[str, Tensor] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}  # per-sample shape of each captured activation, before pooling
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, name: str):
@@ -113,6 +114,7 @@ class Probe:
                 value = value[0]
             if not isinstance(value, Tensor):
                 raise TypeError(f"layer {name!r} {self.mode} is {type(value).__name__}, not a tensor")
+            self.shapes[name] = tuple(value.shape[1:])
             self.features[name] = to_features(value.detach(), self.pool)
 
         return capture

@@ -5,7 +5,7 @@ sum of the features (hence the mean μ_c), the within-class sum of squared devia
 Σ_{i∈c} ‖h_i − μ_c‖², and one pooled within-class scatter matrix
 S_W = Σ_c Σ_{i∈c} (h_i − μ_c)(h_i − μ_c)ᵀ (D×D), all held in float64 whatever the input dtype.
 
-Numerics (DESIGN.md, "Statistics engine"). Every class c carries a fixed *shift* s_c, its first
+Numerics (ARCHITECTURE.md, "The engine's numerics"). Every class c carries a fixed *shift* s_c, its first
 batch's mean (rounded to float32 for float32/bf16/fp16 input), and the state accumulates moments of
 the shifted features h − s_c::
 

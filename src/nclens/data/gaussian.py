@@ -3,7 +3,7 @@
 h_i = offset + μ_{y_i} + σ ε_i, ε_i ~ N(0, I_D), μ_c the vertices of a simplex ETF of radius r in a
 random K-dimensional (or (K−1)-dimensional when D = K−1) subspace of R^D. For this model
 Σ_W → σ² I and Σ_B = (r²/(K−1)) P with P the projector onto the ETF span (rank K−1), hence
-NC1 = Tr(Σ_W Σ_B⁺)/K → σ²(K−1)²/(K r²) (DESIGN.md, ground truth for tests).
+NC1 = Tr(Σ_W Σ_B⁺)/K → σ²(K−1)²/(K r²) (the ground truth of the tests).
 
 Example:
     >>> from nclens.data import gaussian_features

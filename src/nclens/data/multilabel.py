@@ -4,7 +4,7 @@ Gaussian feature generator with a planted tag-wise scale c_m.
 **Composite images** (Li, Li, Wang & Qu, ICML 2024, §5: ML-MNIST / ML-CIFAR10). A sample with label
 set S, |S| = m, is a canvas twice the source image's height and width holding one source image of
 each tag in S, each in its own quadrant (pixelwise max where they meet), with a random shift of up to
-``max_shift`` pixels. For m ≤ 2 the quadrants are top-left and bottom-right (DESIGN.md: one digit
+``max_shift`` pixels. For m ≤ 2 the quadrants are top-left and bottom-right (as Li et al. compose ML-MNIST: one digit
 top-left, one bottom-right); a singleton sits in one of these two corners at random; triples and
 quadruples also use the other two quadrants. The counts per label set are configurable per
 multiplicity, e.g. ``per_set=(100, 20)`` = 100 samples of every singleton and 20 of every pair.

@@ -2,7 +2,7 @@
 
 For node features H^(l) (features as columns; here rows = nodes) at every depth l and for the
 neighbour-averaged features H^(l) Â (Â = A D⁻¹, row i = mean of the neighbours of node i), the
-canonical metrics of DESIGN.md are computed from :class:`~nclens.core.stats.ClassStats` with node masks:
+canonical metrics of the registry are computed from :class:`~nclens.core.stats.ClassStats` with node masks:
 nc1 = Tr(Σ_W Σ_B⁺)/C, nc1_trace = Tr Σ_W/Tr Σ_B, nc2_etf, and at the last hidden layer nc3 of H
 against the head's W1 and of H Â against its W2.
 

@@ -49,7 +49,7 @@ from nclens.core.metrics.multilabel import multilabel_metrics
 from nclens.core.multilabel import MultiLabelStats
 from nclens.data.multilabel import MultiLabelSplit, load_multilabel_digits
 from nclens.nn.heads import FixedETFClassifier
-from nclens.nn.losses import LOSSES
+from nclens.nn.losses import LOSSES, get_loss
 
 __all__ = [
     "VARIANTS",
@@ -292,7 +292,7 @@ def run_variant(variant: str, cfg: MLabConfig, data: MultiLabelSplit, out_dir: P
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    loss_fn = LOSSES[cfg.loss]
+    loss_fn = get_loss(cfg.loss)
     history: list[dict[str, Any]] = []
     epoch_times: list[float] = []
     start_epoch = 0

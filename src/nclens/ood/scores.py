@@ -135,7 +135,7 @@ def max_logit_score(logits: Tensor) -> Tensor:
 def mahalanobis_whitener(stats: ClassStats, rcond: float = 1e-10) -> Tensor:
     """A (D×r) matrix A with A Aᵀ = Σ_W⁺ (pseudo-inverse of the shared within-class covariance).
 
-    Σ_W = S_W / N from the statistics (DESIGN.md). Eigenvalues below ``rcond · λ_max`` are treated
+    Σ_W = S_W / N from the statistics. Eigenvalues below ``rcond · λ_max`` are treated
     as zero, so a singular Σ_W (collapsed features, D > N) uses its pseudo-inverse.
 
     Example:

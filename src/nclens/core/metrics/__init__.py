@@ -1,6 +1,6 @@
 """Neural-collapse metrics: pure functions of statistics (and weights) — never of raw samples.
 
-:func:`compute_metrics` evaluates every applicable metric of DESIGN.md's table at once.
+:func:`compute_metrics` evaluates every applicable metric of the registry at once.
 
 Example:
     >>> import torch

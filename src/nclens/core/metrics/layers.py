@@ -10,7 +10,7 @@ stacked as M = [μ_1 … μ_K] (d_in×K). Functions take the means as rows, (K, 
   (d_in×k), k = K by default. The singular values are the cosines of the principal angles between
   the two subspaces: 1 = the class means live in the span that W reads; for independent uniformly
   random subspaces the expectation is small (k = 1: E|cos| = Γ(d/2)/(√π Γ((d+1)/2))).
-* Conv layers (DESIGN.md conventions): the weight (C_out, C_in, kh, kw) is reshaped to
+* Conv layers (the official code's conventions): the weight (C_out, C_in, kh, kw) is reshaped to
   C_in × (C_out·kh·kw) and the input maps' class means (K, C_in, H, W) to C_in × (K·H·W) (each
   class contributes its C_in × (H·W) block); the alignment is between their top-k *left* singular
   subspaces in R^{C_in} (the rows of the reshaped weight play the role of W's input space).
@@ -105,7 +105,7 @@ def subspace_alignment(weight: Tensor, means: Tensor, k: int | None = None) -> f
 
     mean_j σ_j(V_Wᵀ U_M), V_W = top-k right singular vectors of W (d_out×d_in), U_M = top-k left
     singular vectors of M = meansᵀ (d_in×K, uncentred); k = K by default, clipped to
-    min(d_out, d_in). Rangamani et al. 2023 (DESIGN.md canonical definition).
+    min(d_out, d_in). Rangamani et al. 2023 (the canonical definition).
 
     Args:
         weight: (d_out, d_in) Linear weight.

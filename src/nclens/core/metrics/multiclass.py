@@ -1,5 +1,5 @@
 """Multi-class neural-collapse metrics: pure functions from :class:`~nclens.core.stats.ClassStats` (and
-classifier weights) to numbers. Definitions are DESIGN.md's canonical table.
+classifier weights) to numbers. Definitions and sources: the metric registry (``nclens metrics``).
 
 Notation: μ_c class means, μ_G the mean of the class means (or the sample-weighted mean with
 ``weighted=True``), M̄ = [μ_c − μ_G] (K×D), Σ_W = S_W/N, Σ_B = M̄ᵀM̄/K, W (K×D) the classifier with
@@ -193,7 +193,7 @@ def _means_svd(m: Tensor, gram_of_m: Tensor | None = None) -> tuple[Tensor, Tens
     """Right singular vectors V (D×r) and singular values s (r) of M̄ on its nonzero spectrum.
 
     Uses the SVD of the K×D matrix, or for very large K the eigendecomposition of the smaller
-    D×D Gram M̄ᵀM̄ (DESIGN.md: never form K×K; ``gram_of_m`` passes a cached one).
+    D×D Gram M̄ᵀM̄ (never form K×K; ``gram_of_m`` passes a cached one).
     """
     k, d = m.shape
     if k <= 4096 or d >= k:

@@ -1,4 +1,4 @@
-"""Multi-label neural-collapse (MLab NC) metrics of Li, Li, Wang & Qu (ICML 2024), DESIGN.md's table.
+"""Multi-label neural-collapse (MLab NC) metrics of Li, Li, Wang & Qu (ICML 2024), registered in the metric registry.
 
 Pure functions of :class:`~nclens.core.multilabel.MultiLabelStats` (and the classifier W, K×D, row k = tag
 k). Notation: S ⊆ {1..K} a label set with multiplicity m = |S|; μ_k the mean of the single-label
