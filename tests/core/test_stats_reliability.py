@@ -67,7 +67,7 @@ def test_float64_overflow_is_a_clear_error():
 def test_non_finite_input_is_refused_and_leaves_no_trace(bad):
     x, y = _data()
     s = ClassStats(4).update(x[:100], y[:100])
-    before = s.state_dict()
+    before = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.state_dict().items()}
     x = x.clone()
     x[150, 2] = bad
     with pytest.raises(ValueError, match="NaN or Inf values \\(in 1 of 100 rows\\)"):
@@ -211,7 +211,7 @@ _TAMPERED = [
 @pytest.mark.parametrize(("case", "state", "match"), _TAMPERED, ids=[c[0] for c in _TAMPERED])
 def test_tampered_state_is_refused(case, state, match):
     target = ClassStats(4).update(*_data(seed=9))
-    before = target.state_dict()
+    before = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in target.state_dict().items()}
     with pytest.raises(ValueError, match=match):
         target.load_state_dict(state)
     assert torch.equal(target.state_dict()["shifted_scatter"], before["shifted_scatter"])  # unchanged
@@ -311,3 +311,33 @@ def test_estimated_peak_matches_the_measured_resident_set():
     assert got["update"] <= state + update + slack
     assert got["peak"] <= peak + slack
     assert got["peak"] >= 0.8 * peak  # honest, not inflated
+
+
+# ------------------------------------------------------------------------------------ CUDA
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("exact_sums", [False, True])
+def test_cuda_statistics_equal_cpu(exact_sums):
+    """The device-agnostic path (x.T @ x on CUDA) against the CPU rank-k update, both modes, projected too."""
+    x64, y = _data(k=6, d=64, n=3000, seed=6, offset=4.0)
+    x = x64.float()
+    cpu, gpu = ClassStats(6, exact_sums=exact_sums), ClassStats(6, device="cuda", exact_sums=exact_sums)
+    for i in range(0, 3000, 256):
+        cpu.update(x[i : i + 256], y[i : i + 256])
+        gpu.update(x[i : i + 256].cuda(), y[i : i + 256].cuda())
+    assert gpu.scatter_w.device.type == "cuda"
+    torch.testing.assert_close(gpu.counts.cpu(), cpu.counts, rtol=0, atol=0)
+    torch.testing.assert_close(gpu.means.cpu(), cpu.means, rtol=1e-6, atol=1e-6)
+    means = cpu.means.numpy()
+    centred = x.double().numpy() - means[y.numpy()]
+    bound = 2 * float32_scatter_bound(centred, means[y.numpy()], batch=256)
+    assert (np.abs(gpu.scatter_w.cpu().numpy() - cpu.scatter_w.numpy()) <= bound).all()
+    a, b = metrics.compute_metrics(gpu), metrics.compute_metrics(cpu)
+    assert all(abs(a[m] - b[m]) <= 1e-5 * abs(b[m]) for m in b)
+    proj = ClassStats(6, scatter="projected", device="cuda", exact_sums=exact_sums)
+    for _ in range(2):
+        for i in range(0, 3000, 256):
+            proj.update(x[i : i + 256].cuda(), y[i : i + 256].cuda())
+        if proj.projection_phase == "means":
+            proj.begin_projection()
+    proj.end_projection()
+    assert abs(metrics.nc1(proj) - b["nc1"]) <= 1e-5 * b["nc1"]

@@ -828,6 +828,9 @@ class ClassStats:
         """acc += work on the lower triangle (float32 into float64) through a small float64 row buffer
         (a mixed-dtype ``add_`` would materialise a float64 copy of the whole D×D)."""
         d = acc.shape[0]
+        if d * d <= _ADD_BLOCK_ELEMENTS:  # small: one fused mixed-dtype add (its float64 copy is ≤ 4 MiB)
+            acc.add_(work)
+            return
         rows = max(1, min(d, _ADD_BLOCK_ELEMENTS // d))
         buf = self._workspace("add64", (rows * d,), torch.float64, acc.device)
         for i0 in range(0, d, rows):
@@ -1158,7 +1161,11 @@ class ClassStats:
 
     # -------------------------------------------------------------- serialise
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and settings, loadable with ``torch.load(weights_only=True)``; resuming is exact."""
+        """Tensors and settings, loadable with ``torch.load(weights_only=True)``; resuming is exact.
+
+        On CPU the tensors share memory with the statistics (no D×D copy): save them (``torch.save``)
+        or clone them before the next update.
+        """
         state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "num_classes": -1 if self.num_classes is None else self.num_classes,
