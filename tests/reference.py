@@ -58,3 +58,22 @@ def reference_metrics(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
         dists = ((x64[:, None, :] - means[None, :, :]) ** 2).sum(-1)
         out["nc4_ncc_mismatch"] = float(np.mean(logits.argmax(1) != dists.argmin(1)))
     return out
+
+
+def float32_scatter_bound(centred: np.ndarray, means_y: np.ndarray, batch: int) -> np.ndarray:
+    """Entrywise bound on |S_W(float32 engine) − S_W(float64 two-pass)| for float32 features.
+
+    The engine forms c = fl32(h − s) on a float32 shift s with |s − μ| ≤ u|μ| (u = 2⁻²⁴), then sums
+    the products c_d c_e over the rows of each batch in float32 (any order, blocked or FMA): by the
+    standard inner-product bound (Higham, Accuracy and Stability, §3.1) each batch contributes at
+    most γ_{B+2} Σ_i |c_id||c_ie|, γ_n = nu/(1 − nu), B the batch's rows (+2: rounding of c and of the
+    product); the float64 accumulation and Chan's correction add O(u_64). Hence, elementwise,
+    |ΔS_W| ≤ γ_{B+2} |C′|ᵀ|C′| with |C′| = |h − μ| + u|μ|: relative to the within-class spread and
+    growing with the batch size, which is what float32 accumulation guarantees (the fixed 1e-6 of the
+    largest entry was not: typical errors are u·√B, here B = 8,200 rows in one batch).
+    """
+    u = 2.0**-24
+    n = batch + 2
+    gamma = n * u / (1 - n * u)
+    spread = np.abs(centred) + u * np.abs(means_y)  # (N, D)
+    return gamma * spread.T @ spread

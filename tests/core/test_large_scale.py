@@ -21,7 +21,7 @@ import torch
 import nclens.core.metrics.multiclass as mc
 from nclens.core import metrics
 from nclens.core.stats import ClassStats
-from reference import etf, reference_metrics
+from reference import etf, float32_scatter_bound, reference_metrics
 
 
 def _gaussian(k: int, d: int, per_class: int, seed: int, spread: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,25 +157,6 @@ def test_large_k_pairwise_metrics(large_k, monkeypatch):
     monkeypatch.setattr(mc, "_BLOCK_ELEMENTS", 40 * K_LARGE + 5)  # 40-row blocks, last one partial
     assert _close(metrics.cdnv(stats), default_cd, 1e-12)
     assert _close(metrics.nc2_equiangular(stats), default_eq, 1e-12)
-
-
-def float32_scatter_bound(centred: np.ndarray, means_y: np.ndarray, batch: int) -> np.ndarray:
-    """Entrywise bound on |S_W(float32 engine) − S_W(float64 two-pass)| for float32 features.
-
-    The engine forms c = fl32(h − s) on a float32 shift s with |s − μ| ≤ u|μ| (u = 2⁻²⁴), then sums
-    the products c_d c_e over the rows of each batch in float32 (any order, blocked or FMA): by the
-    standard inner-product bound (Higham, Accuracy and Stability, §3.1) each batch contributes at
-    most γ_{B+2} Σ_i |c_id||c_ie|, γ_n = nu/(1 − nu), B the batch's rows (+2: rounding of c and of the
-    product); the float64 accumulation and Chan's correction add O(u_64). Hence, elementwise,
-    |ΔS_W| ≤ γ_{B+2} |C′|ᵀ|C′| with |C′| = |h − μ| + u|μ|: relative to the within-class spread and
-    growing with the batch size, which is what float32 accumulation guarantees (the fixed 1e-6 of the
-    largest entry was not: typical errors are u·√B, here B = 8,200 rows in one batch).
-    """
-    u = 2.0**-24
-    n = batch + 2
-    gamma = n * u / (1 - n * u)
-    spread = np.abs(centred) + u * np.abs(means_y)  # (N, D)
-    return gamma * spread.T @ spread
 
 
 def test_large_k_statistics_equal_two_pass(large_k):

@@ -81,7 +81,9 @@ def test_measured_records_match_independent_references(tmp_path):
 
     means_cls = torch.stack([feats["classifier"][data.y_train == c].mean(0) for c in range(10)])  # float64
     expected = subspace_alignment(model.classifier.weight.detach(), means_cls)
-    assert final["classifier"]["subspace_alignment"] == pytest.approx(expected, abs=1e-9)
+    # the record's class means are sums of float32 features in float32 within a batch (ClassStats' default:
+    # exact to float32 precision of the within-class spread), the reference's float64 sums: agreement ~1e-9
+    assert final["classifier"]["subspace_alignment"] == pytest.approx(expected, rel=1e-7)
     fc2 = [r for r in spectra if r["epoch"] == 4 and r["layer"] == "fc2"]
     assert np.allclose(fc2[0]["singular_values"],
                        np.linalg.svd(model.fc2.weight.detach().double().numpy(), compute_uv=False))

@@ -110,6 +110,8 @@ _F32_SAFE_MIN = 2.0**-100
 #: Batches with fewer rows than this go straight into the float64 accumulator with a float64 rank-k
 #: update (cheaper than a float32 update plus the D×D add, and no D×D float32 workspace).
 _DIRECT64_ROWS = 32
+#: Elements of the float64 row buffer through which a float32 rank-k result is added (4 MiB).
+_ADD_BLOCK_ELEMENTS = 2**19
 
 
 def validate_features(features: Any, name: str = "features", *, check_finite: bool = True) -> Tensor:
@@ -197,11 +199,12 @@ def estimate_memory(
 
     Counted (float64 = 8 bytes, float32 = 4; K = ``num_classes``, 0 when unknown; B = ``batch_size``):
 
-    * state: K×D shifts and shifted sums (2·8KD), plus for ``"full"`` the D×D scatter (8D²), for
+    * state: K×D shifts and shifted sums (2·8KD), plus for ``"full"`` the D×D scatter (8D²) and the
+      float32 D×D workspace of the rank-k update, kept between batches (4D², for B ≥ 32 rows), for
       ``"projected"`` the basis (12·D·r, r = min(K−1, D)), the float32 pass-2 shifts (4KD) and the
       r×r scatter;
     * update: the centred batch (4BD, plus 8BD in the exact mode), the batch's class sums
-      (12·min(K, B)·D) and, for ``"full"``, the float32 D×D rank-k workspace (4D²);
+      (12·min(K, B)·D) and a 4 MiB float64 row buffer;
     * metrics: the K×D means and centred means (16KD), for ``"full"`` one D×D float64 matrix at a
       time (Σ_W, the total covariance of effective_rank, the D×D Gram of the means for K > 4096;
       8D², twice on devices whose eigen-solver copies its input, i.e. not CPU), for ``"projected"``
@@ -210,18 +213,18 @@ def estimate_memory(
     Example:
         >>> e = estimate_memory(20_000, 10, "full")
         >>> round(e.state / 2**30, 1), round(e.peak / 2**30, 1)
-        (3.0, 6.0)
+        (4.5, 7.5)
     """
     k = int(num_classes or 0)
     d, b = int(dim), int(batch_size)
-    kb = min(k, b) if k else b
+    kb = min(max(k, 1), b)
     r = max(min(k - 1, d), 0)
     state = 24 * k + 16 * k * d
-    update = 4 * b * d + (8 * b * d if exact_sums else 0) + 12 * kb * d + 8 * b
+    update = 4 * b * d + (8 * b * d if exact_sums else 0) + 12 * kb * d + 8 * b + 8 * _ADD_BLOCK_ELEMENTS
     metrics = 16 * k * d
     if scatter == "full":
-        state += 8 * d * d
-        update += 4 * d * d
+        state += 8 * d * d + (4 * d * d if b >= _DIRECT64_ROWS else 0)  # + the float32 rank-k workspace, kept
+        update += 8 * b * d if b < _DIRECT64_ROWS else 0  # small batches: a float64 copy instead
         metrics += 8 * d * d * (1 if torch.device(device).type == "cpu" else 2)
     elif scatter == "projected":
         state += 12 * d * r + 4 * k * d + 16 * k * r + 8 * r * r
@@ -291,29 +294,43 @@ def _blas_threads(libs: list[Any]) -> Iterator[None]:
             lib.set_num_threads(have)
 
 
+def _syrk_(acc: Tensor, x: Tensor, alpha: float = 1.0, beta: float = 1.0) -> bool:
+    """acc ← β·acc + α·xᵀx on acc's lower triangle, in place (SciPy ``?syrk``, torch's thread count).
+
+    ``acc`` (n×n) and ``x`` (m×n) are C-contiguous CPU tensors of one dtype (float32/float64); a
+    C-contiguous m×n array is a Fortran n×m one and acc's Fortran upper triangle is its C lower one, so
+    nothing is copied. Returns False (nothing done) where SciPy's BLAS is not available for them.
+    """
+    blas = _scipy_blas() if acc.device.type == "cpu" else {}
+    if x.dtype not in blas or acc.dtype != x.dtype or not (x.is_contiguous() and acc.is_contiguous()):
+        return False
+    if x.requires_grad or acc.requires_grad:
+        return False
+    target = acc.numpy().T  # (n, n) Fortran view
+    with _blas_threads(blas["libs"]):
+        out = blas[x.dtype](alpha, x.numpy().T, beta=beta, c=target, trans=0, lower=0, overwrite_c=1)
+    if not np.shares_memory(out, target):  # pragma: no cover - f2py copied: write back
+        acc.copy_(torch.from_numpy(np.ascontiguousarray(out.T)))
+    return True
+
+
 def gram(x: Tensor) -> Tensor:
-    """xᵀx (n×n, float64) of an m×n matrix: BLAS ``dsyrk`` on CPU (half a GEMM's flops), ``x.T @ x`` elsewhere.
+    """xᵀx (n×n, float64) of an m×n matrix: BLAS ``dsyrk`` on CPU (half a GEMM's flops, exactly
+    symmetric), ``x.T @ x`` elsewhere.
 
     Example:
         >>> x = torch.randn(50, 4, dtype=torch.float64)
         >>> torch.allclose(gram(x), x.T @ x)
         True
     """
-    x = x.to(torch.float64)
-    blas = _scipy_blas() if x.device.type == "cpu" else {}
-    if torch.float64 not in blas or x.requires_grad:
-        return x.T @ x
-    x = x.contiguous()
-    out = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
-    target = out.numpy().T
-    with _blas_threads(blas["libs"]):
-        result = blas[torch.float64](1.0, x.numpy().T, beta=0.0, c=target, trans=0, lower=0, overwrite_c=1)
-    if not np.shares_memory(result, target):  # pragma: no cover - f2py copied
-        out.copy_(torch.from_numpy(np.ascontiguousarray(result.T)))
-    return _mirror_lower_(out)
+    x = x.to(torch.float64).contiguous()
+    out = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    if _syrk_(out, x, beta=0.0):
+        return _mirror_lower_(out)
+    return x.T @ x
 
 
-def _mirror_lower_(s: Tensor, block: int = 1024) -> Tensor:
+def _mirror_lower_(s: Tensor, block: int = 256) -> Tensor:
     """Copy the strict lower triangle of a square matrix onto its upper one, in place, block by block."""
     d = s.shape[0]
     for i0 in range(0, d, block):
@@ -543,7 +560,10 @@ class ClassStats:
         if s is None:
             return None
         scaled = self._scaled_tsum()
-        return s.clone().addmm_(scaled.T, scaled, alpha=-1.0)
+        out = s.clone()
+        if _syrk_(out, scaled, alpha=-1.0):  # exactly symmetric, no second D×D
+            return _mirror_lower_(out)
+        return out.addmm_(scaled.T, scaled, alpha=-1.0)
 
     def within_quadratic(self, directions: Tensor) -> Tensor:
         """(m,) v_jᵀ S_W v_j for the columns of ``directions`` (D×m), without forming S_W.
@@ -786,33 +806,37 @@ class ClassStats:
         d = self.dim
         if float64 or centred.shape[0] < _DIRECT64_ROWS:
             c = centred if centred.dtype == torch.float64 else centred.to(torch.float64)
-        else:
-            c = centred if centred.dtype == torch.float32 else self._workspace(
-                "centred_narrow", tuple(centred.shape), torch.float32, centred.device
-            ).copy_(centred)
-        blas = _scipy_blas() if acc.device.type == "cpu" else {}
-        if c.dtype in blas and c.is_contiguous() and acc.is_contiguous():
-            with _blas_threads(blas["libs"]):
-                if c.dtype == torch.float64:
-                    target = acc.numpy().T  # (D, D) Fortran view of the accumulator
-                    out = blas[torch.float64](1.0, c.numpy().T, beta=1.0, c=target, trans=0, lower=0, overwrite_c=1)
-                    if not np.shares_memory(out, target):  # pragma: no cover - f2py copied: write back
-                        acc.copy_(torch.from_numpy(np.ascontiguousarray(out.T)))
-                else:
-                    work = self._gram_workspace(d)
-                    target = work.numpy().T
-                    out = blas[torch.float32](1.0, c.numpy().T, beta=0.0, c=target, trans=0, lower=0, overwrite_c=1)
-                    if not np.shares_memory(out, target):  # pragma: no cover
-                        work.copy_(torch.from_numpy(np.ascontiguousarray(out.T)))
-                    acc.add_(work)  # float32 products accumulated in float64
-            self._lower_only = True  # Fortran upper = C lower triangle written; the other one is stale
+            if _syrk_(acc, c):  # straight into the float64 accumulator
+                self._lower_only = True  # the C lower triangle was written; the upper one is stale
+            else:
+                acc.addmm_(c.T, c)
             return
-        if c.dtype == torch.float64:
-            acc.addmm_(c.T, c)
-        else:
-            work = self._workspace("gram", (d, d), torch.float32, c.device)
-            torch.mm(c.T, c, out=work)
+        c = centred if centred.dtype == torch.float32 else self._workspace(
+            "centred_narrow", tuple(centred.shape), torch.float32, centred.device
+        ).copy_(centred)
+        if acc.device.type == "cpu" and torch.float32 in _scipy_blas():
+            work = self._gram_workspace(d)
+            _syrk_(work, c, beta=0.0)  # writes the lower triangle; the upper one stays 0
+            self._add_lower(acc, work)  # float32 products accumulated in float64
+            self._lower_only = True
+            return
+        work = self._workspace("gram", (d, d), torch.float32, c.device)
+        torch.mm(c.T, c, out=work)
+        acc.add_(work)
+
+    def _add_lower(self, acc: Tensor, work: Tensor) -> None:
+        """acc += work on the lower triangle (float32 into float64) through a small float64 row buffer
+        (a mixed-dtype ``add_`` would materialise a float64 copy of the whole D×D)."""
+        d = acc.shape[0]
+        if d * d <= _ADD_BLOCK_ELEMENTS:  # small: one fused mixed-dtype add (its float64 copy is ≤ 4 MiB)
             acc.add_(work)
+            return
+        rows = max(1, min(d, _ADD_BLOCK_ELEMENTS // d))
+        buf = self._workspace("add64", (rows * d,), torch.float64, acc.device)
+        for i0 in range(0, d, rows):
+            i1 = min(d, i0 + rows)
+            block = buf[: (i1 - i0) * i1].view(i1 - i0, i1).copy_(work[i0:i1, :i1])
+            acc[i0:i1, :i1].add_(block)
 
     def _gram_workspace(self, d: int) -> Tensor:
         """(D, D) float32 buffer whose strict upper triangle stays 0 (``ssyrk`` writes only the lower one)."""
@@ -982,17 +1006,23 @@ class ClassStats:
         return self
 
     # ------------------------------------------------------------------ merge
-    def _rebase(self, new_shift: Tensor) -> None:
+    def _rebase(self, new_shift: Tensor, into: Tensor | None = None) -> None:
         """Re-express the moments on new shifts s′ (Chan's correction; exact algebra).
 
-        With d = s′ − s: t′ = t − n d, q′ = q − 2 d·t + n‖d‖², S′ = S − Tᵀ D − Dᵀ T + Dᵀ diag(n) D.
+        With d = s′ − s: t′ = t − n d, q′ = q − 2 d·t + n‖d‖², S′ = S − Tᵀ D − Dᵀ T + Dᵀ diag(n) D,
+        applied in place (rank-K updates, no D×D temporary). With ``into`` (a D×D accumulator) S′ is
+        added into it instead and this state's S is left as it is (merging without a D×D copy).
         """
         d = new_shift - self._shift  # (K, D)
         n = self.counts
         if self._tscatter is not None:
             s = self._full_scatter()
-            cross = self._tsum.T @ d  # (D, D) Tᵀ D
-            s += (n.sqrt()[:, None] * d).T @ (n.sqrt()[:, None] * d) - cross - cross.T
+            if into is None:
+                target = s
+            else:
+                target = into.add_(s)
+            scaled = n.sqrt()[:, None] * d  # (K, D)
+            target.addmm_(scaled.T, scaled).addmm_(self._tsum.T, d, alpha=-1.0).addmm_(d.T, self._tsum, alpha=-1.0)
         self._tsq += n * d.square().sum(1) - 2.0 * (d * self._tsum).sum(1)
         self._tsum -= n[:, None] * d
         self._shift = new_shift.clone()
@@ -1055,7 +1085,7 @@ class ClassStats:
             return self
         if not self.initialized:
             self._allocate(other.dim, self.device or other.device)
-        theirs = other.clone()
+        theirs = other._clone(share_scatter=True)  # its D×D scatter is added, never copied
         theirs._to(self.device)
         if self.num_classes is None and theirs.label_values.numel():
             rows = self._index_labels(theirs.label_values)
@@ -1064,13 +1094,11 @@ class ClassStats:
         self._exact64 = self._exact64 or theirs._exact64
         mine = self.counts.index_select(0, rows) > 0
         target = torch.where(mine[:, None], self._shift.index_select(0, rows), theirs._shift)
-        theirs._rebase(target)
+        theirs._rebase(target, into=self._full_scatter())
         self._shift[rows] = target
         self.counts[rows] += theirs.counts
         self._tsum[rows] += theirs._tsum
         self._tsq[rows] += theirs._tsq
-        if self._tscatter is not None:
-            self._full_scatter().add_(theirs._full_scatter())
         self._all_seen = False
         self._cache = {}
         return self
@@ -1080,9 +1108,15 @@ class ClassStats:
 
     def clone(self) -> ClassStats:
         """A deep copy."""
+        return self._clone()
+
+    def _clone(self, share_scatter: bool = False) -> ClassStats:
         out = ClassStats.__new__(ClassStats)
         kept = {k: v for k, v in self.__dict__.items() if not k.startswith("_ws_")}  # no scratch buffers
-        out.__dict__.update({k: (v.clone() if isinstance(v, Tensor) else v) for k, v in kept.items()})
+        out.__dict__.update(
+            {k: (v.clone() if isinstance(v, Tensor) and not (share_scatter and k == "_tscatter") else v)
+             for k, v in kept.items()}
+        )
         out._cache = {}
         return out
 
@@ -1127,7 +1161,11 @@ class ClassStats:
 
     # -------------------------------------------------------------- serialise
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and settings, loadable with ``torch.load(weights_only=True)``; resuming is exact."""
+        """Tensors and settings, loadable with ``torch.load(weights_only=True)``; resuming is exact.
+
+        On CPU the tensors share memory with the statistics (no D×D copy): save them (``torch.save``)
+        or clone them before the next update.
+        """
         state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "num_classes": -1 if self.num_classes is None else self.num_classes,
@@ -1225,17 +1263,14 @@ class ClassStats:
         counts, sums = first[1 : k + 1], first[k + 1 :].reshape(k, self.dim)
         means = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], 0.0)
         self._rebase(means if exact64 else _round32(means))
-        parts = [self._tsum.reshape(-1), self._tsq]
-        if self._tscatter is not None:
-            parts.append(self._full_scatter().reshape(-1))
-        second = torch.cat(parts)
+        second = torch.cat([self._tsum.reshape(-1), self._tsq])
         dist.all_reduce(second, group=group)
+        if self._tscatter is not None:
+            dist.all_reduce(self._full_scatter().contiguous(), group=group)  # in place: no D×D copy
         kd = k * self.dim
         self.counts = counts.contiguous()
         self._tsum = second[:kd].reshape(k, self.dim).contiguous()
         self._tsq = second[kd : kd + k].contiguous()
-        if self._tscatter is not None:
-            self._tscatter = second[kd + k :].reshape(self.dim, self.dim).contiguous()
         self._exact64 = exact64
         self._all_seen = False
         self._synced_group = True if group is None else group
