@@ -71,7 +71,7 @@ def test_unknown_key_lists_valid_keys(tmp_path):
         ("model.arch=vgg", ValueError, "model.arch must be one of"),
         ("train.epochs=0", ValueError, "train.epochs must be > 0"),
         ("optim.lr=-1", ValueError, "optim.lr must be > 0"),
-        ("data.name=cifar10", ValueError, "set data.root"),
+        ("data.name=imagenet", ValueError, "data.name must be one of"),
         ("train.measure_epochs=[0, 999]", ValueError, "measure_epochs must lie in"),
         ("train.epochs", ValueError, "must look like section.key=value"),
         ("fixed_etf.enabled=true", ValueError, "exceeds the MLP"),
