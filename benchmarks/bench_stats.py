@@ -37,10 +37,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from nclens.core.stats import ClassStats, _syrk_
+from nclens.core.stats import ClassStats
 
 Batches = list[tuple[Tensor, Tensor]]
 
@@ -129,12 +130,20 @@ def gemm_floor(batches: Batches, d: int) -> Tensor:
 
 
 def syrk_floor(batches: Batches, d: int) -> Tensor:
+    """SciPy's ssyrk per batch on torch's thread count (what a bare rank-k update costs), added into float64.
+
+    ClassStats itself uses ?syrk only on one thread (with more, the BLAS and torch thread pools contend:
+    see ``nclens.core.stats._syrk_``); this floor calls SciPy directly, so it shows that cost too.
+    """
+    from scipy.linalg import blas
+    from threadpoolctl import threadpool_limits
+
     acc = torch.zeros(d, d, dtype=torch.float64)
-    work = torch.zeros(d, d, dtype=torch.float32)
-    for x, _ in batches:
-        if not _syrk_(work, x, beta=0.0):
-            raise RuntimeError("SciPy's BLAS ?syrk is not available")
-        acc.add_(work)  # lower triangle (the upper one of work stays 0)
+    work = np.zeros((d, d), dtype=np.float32, order="F")
+    with threadpool_limits(torch.get_num_threads(), user_api="blas"):
+        for x, _ in batches:
+            out = blas.ssyrk(1.0, x.numpy().T, beta=0.0, c=work, trans=0, lower=0, overwrite_c=1)
+            acc.add_(torch.from_numpy(out.T))  # C-order lower triangle (the upper one stays 0)
     return acc.tril() + acc.tril(-1).T
 
 
