@@ -3,7 +3,8 @@
 * :class:`MultiLabelConfig` (kind ``multilabel``): ``data``, ``model``, ``optim``, ``train`` — train the
   variants (learned head / fixed ETF head / fixed ETF head with feature dimension K) with each loss and
   seed under one budget, measure MLab NC during training.
-* :class:`UFMStudyConfig` (kind ``multilabel-ufm``): ``ufm`` (one UFM problem) and the study around it —
+* :class:`UFMStudyConfig` (kind ``multilabel-ufm``): ``ufm`` (one UFM problem, a
+  :class:`~nclens.multilabel.ufm.UFMConfig` whose ``seed`` is the first restart's) and the study around it —
   ``losses`` × ``lambdas`` × ``restarts`` random initialisations.
 
 Every range is checked here, so a bad value (``data.per_set=[0]``, ``train.seeds=[]``, ``ufm.tol=nan``)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nclens.multilabel.ufm import UFM_LOSSES, UFMConfig
 from nclens.runs.config import check_choice, check_nonempty, check_positive
 from nclens.train.optim import OptimConfig
 
@@ -35,7 +37,6 @@ __all__ = [
     "MLModelConfig",
     "MLTrainConfig",
     "MultiLabelConfig",
-    "UFMProblemConfig",
     "UFMStudyConfig",
 ]
 
@@ -217,54 +218,18 @@ class MultiLabelConfig:
 
 
 @dataclass(frozen=True)
-class UFMProblemConfig:
-    """One UFM problem (:class:`nclens.multilabel.ufm.UFMConfig`, checked there): ``loss`` pal |
-    pal_normalized | mse_half, K = ``num_classes``, d = ``dim``, ``per_set`` by multiplicity, optional
-    within-multiplicity counts ``within`` for multiplicity ``within_m``, weight decays, solver settings.
-    ``seed`` is the first restart's initialisation seed."""
-
-    loss: str = "pal"
-    num_classes: int = 4
-    dim: int = 8
-    per_set: tuple[int, ...] = (20, 10)
-    within: tuple[int, ...] = ()
-    within_m: int = 2
-    wd_w: float = 5e-3
-    wd_h: float = 5e-3
-    wd_b: float = 5e-3
-    seed: int = 0
-    init_scale: float = 0.1
-    max_iter: int = 20000
-    tol: float = 1e-12
-    newton_max_params: int = 4000
-
-    def __post_init__(self) -> None:
-        self.solver_config()  # every range check of the solver, before any file is written
-
-    def solver_config(self, **changes: object):  # noqa: ANN201 - UFMConfig (imported lazily)
-        """The solver's :class:`~nclens.multilabel.ufm.UFMConfig` (with ``changes``)."""
-        from dataclasses import asdict
-
-        from nclens.multilabel.ufm import UFMConfig
-
-        return UFMConfig(**{**asdict(self), **changes})
-
-
-@dataclass(frozen=True)
 class UFMStudyConfig:
     """A UFM study (kind ``multilabel-ufm``): solve ``ufm`` for every loss in ``losses`` (empty: ``ufm.loss``)
     × every λ in ``lambdas`` (λ_W = λ_H = λ_b = λ; empty: ``ufm``'s weight decays) × ``restarts`` random
     initialisations (seeds ``ufm.seed``, ``ufm.seed`` + 1, ...), and compare with the theory."""
 
     name: str = "multilabel-ufm"
-    ufm: UFMProblemConfig = field(default_factory=UFMProblemConfig)
+    ufm: UFMConfig = field(default_factory=UFMConfig)
     losses: tuple[str, ...] = ()
     lambdas: tuple[float, ...] = ()
     restarts: int = 1
 
     def __post_init__(self) -> None:
-        from nclens.multilabel.ufm import UFM_LOSSES
-
         for loss in self.losses:
             check_choice("losses[]", loss, list(UFM_LOSSES))
         if len(set(self.losses)) != len(self.losses) or len(set(self.lambdas)) != len(self.lambdas):

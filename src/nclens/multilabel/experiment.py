@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -490,7 +491,7 @@ class UFMStudyExperiment(Experiment):
             changes: dict[str, Any] = {"loss": case["loss"], "seed": case["seed"]}
             if lam is not None:
                 changes.update(wd_w=lam, wd_h=lam, wd_b=lam)
-            ucfg = config.ufm.solver_config(**changes)
+            ucfg = dataclasses.replace(config.ufm, **changes)
             started = time.perf_counter()
             sol = solve_ufm(ucfg, progress=progress)
             report = solution_report(sol)
