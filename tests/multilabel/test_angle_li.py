@@ -79,7 +79,7 @@ def test_equals_the_official_formula_on_a_hand_made_case():
 
 
 def test_zero_at_the_pal_ufm_optimum_and_near_one_without_structure():
-    sol = solve_ufm(UFMConfig(loss="pal", num_classes=4, dim=6, per_set=(4, 2)), progress=False)
+    sol = solve_ufm(UFMConfig(loss="pal", num_classes=4, dim=4, per_set=(3, 1)), progress=False)
     assert sol.grad_norm < 1e-10
     assert sol.metrics["tagwise_angle_li"] < 1e-7 and sol.metrics["tagwise_angle_li_deg"] < 1e-5
     # unstructured pair means: independent random directions, no relation to their tags

@@ -147,25 +147,25 @@ def test_divergence_is_reported_by_the_trainer(tmp_path):
 
 
 def test_run_files_resume_and_aggregate(tmp_path):
-    cfg = _tiny(losses="[pal, pal_normalized]", seeds="[0, 1]", variants="[learned, fixed_etf_dimk]",
+    cfg = _tiny(losses="[pal_normalized]", seeds="[0, 1]", variants="[learned, fixed_etf_dimk]",
                 feature_decay=0.001)
     out = _run(cfg, tmp_path / "run")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["kind"] == "multilabel"
     res = summary["results"]
-    assert len(res["runs"]) == 8 and len(res["table"]) == 4 and len(res["comparison"]) == 2
-    nc = [json.loads(line) for line in (out / "pal/learned/seed0/nc.jsonl").read_text().splitlines()]
+    assert len(res["runs"]) == 4 and len(res["table"]) == 2 and len(res["comparison"]) == 1
+    nc = [json.loads(line) for line in (out / "pal_normalized/learned/seed0/nc.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in nc] == [0, 1, 2]
     assert {"tagwise_angle_li", "tagwise_angle_li_deg", "tagwise_scale_m2", "test_iou", "c2_gap_implied"} <= set(nc[-1])
     # table = mean / sd over the two seeds of runs.csv
-    rows = [r for r in res["runs"] if r["loss"] == "pal" and r["variant"] == "learned"]
-    row = next(t for t in res["table"] if t["loss"] == "pal" and t["variant"] == "learned")
+    rows = [r for r in res["runs"] if r["variant"] == "learned"]
+    row = next(t for t in res["table"] if t["variant"] == "learned")
     vals = [r["test_iou"] for r in rows]
     assert row["test_iou_mean"] == pytest.approx(np.mean(vals))
     assert row["test_iou_sd"] == pytest.approx(np.std(vals, ddof=1))
-    comp = next(c for c in res["comparison"] if c["loss"] == "pal")
-    diffs = [next(r for r in res["runs"] if r["loss"] == "pal" and r["variant"] == "fixed_etf_dimk" and r["seed"] == s)
-             ["test_map"] - next(r for r in rows if r["seed"] == s)["test_map"] for s in (0, 1)]
+    (comp,) = res["comparison"]
+    diffs = [next(r for r in res["runs"] if r["variant"] == "fixed_etf_dimk" and r["seed"] == s)["test_map"]
+             - next(r for r in rows if r["seed"] == s)["test_map"] for s in (0, 1)]
     assert comp["test_map_diff_mean"] == pytest.approx(np.mean(diffs))
     theory = json.loads((out / "theory.json").read_text())
     assert theory["lambda_h"] == pytest.approx(2e-3)  # full batch: λ_H = 2 λ_h
@@ -181,7 +181,8 @@ def test_run_files_resume_and_aggregate(tmp_path):
     assert (sub / "nc.jsonl").read_text() == before["nc.jsonl"]
     assert json.loads((sub / "result.json").read_text())["final"] == json.loads(before["result.json"])["final"]
     with pytest.raises(ValueError, match="different config"):
-        _run(_tiny(losses="[pal]"), out, resume=True)
+        _run(_tiny(losses="[pal]", seeds="[0, 1]", variants="[learned, fixed_etf_dimk]", feature_decay=0.001), out,
+             resume=True)
     # the figures and the report render from the files
     from nclens.report import make_report
 
