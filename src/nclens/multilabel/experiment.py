@@ -69,6 +69,9 @@ __all__ = [
     "MultiLabelExperiment",
     "UFMStudyExperiment",
     "sub_run_name",
+    "collect_results",
+    "study_rows",
+    "theory_references",
 ]
 
 #: The MLab NC metrics that should fall towards 0 (figures, the fall table).
@@ -254,7 +257,8 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """``runs`` (one row per sub-run), ``table`` (mean/sd over seeds per loss × variant), ``comparison``
     (each fixed head minus the learned head of the same loss and seed: mean/sd of the paired differences
     of the test scores, and the verdict ``better`` (mean − sd > 0), ``equal within the spread``
-    (|mean| ≤ sd) or ``worse`` (mean + sd < 0); "equal or better" holds unless ``worse``)."""
+    (|mean| ≤ sd) or ``worse`` (mean + sd < 0) — with at least two seeds; "equal or better" holds
+    unless ``worse``)."""
     runs = [_row(r) for r in results]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     timing: dict[tuple[str, str], list[float]] = {}
@@ -282,6 +286,8 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             row[f"{key}_diff_mean"], row[f"{key}_diff_sd"], row[f"{key}_pairs"] = mean, sd, len(diffs)
             if mean is None:
                 verdict = None
+            elif len(diffs) < 2:
+                verdict = "one seed: no spread"
             elif mean - sd > 0:
                 verdict = "better"
             elif mean + sd < 0:
@@ -321,6 +327,20 @@ def theory_references(config: MultiLabelConfig) -> dict[str, Any]:
             th = ufm_theory(loss, k, per, config.optim.weight_decay, lam_h, alpha=alpha)
             entry[variant] = th["tagwise_scale"].get(2)
         out["c2"][loss] = entry
+    return out
+
+
+def collect_results(run: RunFolder) -> list[dict[str, Any]]:
+    """Every finished sub-run's ``result.json``, in the config's order (seeds, then losses, then variants)."""
+    record = run.config_record() or {}
+    train = record.get("train", {})
+    out = []
+    for seed in train.get("seeds", []):
+        for loss in train.get("losses", []):
+            for variant in train.get("variants", []):
+                name = f"{sub_run_name(loss, variant, seed)}/{RESULT}"
+                if run.exists(name):
+                    out.append(run.read_json(name))
     return out
 
 

@@ -145,8 +145,12 @@ def fig_scores(table: list[dict[str, Any]]) -> Figure:
 
 
 def _summary(run: RunFolder) -> dict[str, Any]:
-    summary = run.summary() or {}
-    return summary.get("results", {})
+    """The results of a ``multilabel`` run, aggregated afresh from its sub-runs' ``result.json`` files."""
+    from nclens.multilabel.experiment import aggregate, collect_results
+
+    summary = (run.summary() or {}).get("results", {})
+    results = collect_results(run)
+    return {**{k: summary.get(k) for k in ("n_train", "n_test")}, **aggregate(results)} if results else summary
 
 
 def write_training_figures(run: RunFolder) -> dict[str, Path]:
@@ -234,8 +238,9 @@ def training_summary_text(run: RunFolder) -> str:
     rows = _table_rows(results)
     if not rows:
         return ""
-    table = {f"{r['variant']} / {r['loss']}": {k: v for k, v in r.items() if k not in ("loss", "variant")}
-             for r in rows}
+    keep = ("D", "trainable params", "s/epoch", "test IoU %", "test mAP %", "test F1 %", "c_2", "c_2 (UFM, from δ_1)",
+            "smallest NC fall")
+    table = {f"{r['variant']} / {r['loss']}": {k: r[k] for k in keep} for r in rows}
     lines = [format_table(table, title=f"multi-label NC: n_train {results.get('n_train')}, n_test "
                           f"{results.get('n_test')} (mean ± sd over seeds)", row_header="variant / loss").rstrip()]
     for r in _comparison_rows(results):
