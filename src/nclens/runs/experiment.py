@@ -77,6 +77,7 @@ KIND_MODULES: dict[str, str] = {
     "intermediate-fixed-etf": "nclens.intermediate.experiment",
     "multilabel": "nclens.multilabel.experiment",
     "multilabel-ufm": "nclens.multilabel.experiment",
+    "bounds-sweep": "nclens.bounds.experiment",
 }
 
 #: the keys of a config file that describe it rather than configure it
