@@ -126,7 +126,7 @@ def fig_tagwise_scale(curves: dict[tuple[str, str], dict[int, list[dict[str, Any
 def fig_scores(table: list[dict[str, Any]]) -> Figure:
     """Test IoU (Li et al.'s), mAP and example F1 per variant and loss, mean ± sd over seeds."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
-    labels = [f"{r['variant']}\n{r['loss']}" for r in table]
+    labels = [f"{r['variant']}\n{r['loss'].replace('pal_normalized', 'pal_norm.')}" for r in table]
     for ax, key, title in zip(axes, ("test_iou", "test_map", "test_f1"), ("IoU (Li et al.)", "mAP", "example F1")):
         means = [100 * (r.get(f"{key}_mean") or 0.0) for r in table]
         sds = [100 * (r.get(f"{key}_sd") or 0.0) for r in table]
@@ -285,16 +285,21 @@ def fig_ufm_restarts(records: list[dict[str, Any]]) -> Figure:
 def fig_ufm_by_count(records: list[dict[str, Any]]) -> Figure:
     """c_S of each label set, grouped by its sample count (within-multiplicity imbalance), vs the balanced theory."""
     fig, ax = plt.subplots(figsize=(7, 4.0), constrained_layout=True)
+    ticks: dict[str, int] = {}
     for i, r in enumerate(rec for rec in records if rec.get("tagwise_scale_by_count") and rec["restart"] == 0):
         color = plt.get_cmap("tab10")(i % 10)
         for m, groups in r["tagwise_scale_by_count"].items():
-            for j, (count, values) in enumerate(groups.items()):
-                ax.plot([j] * len(values), values, "o", color=color, alpha=0.7,
+            for count, values in groups.items():
+                x = ticks.setdefault(f"m={m}, {count} samples", len(ticks))
+                ax.plot([x] * len(values), values, "o", color=color, alpha=0.7,
                         label=f"{r['loss']}: sets of {count} samples (m={m})")
             ref = (r.get("theory") or {}).get("tagwise_scale", {}).get(m)
             if ref is not None:
                 ax.axhline(ref, color=color, ls="--", lw=0.9, label=f"{r['loss']}: theory with the same N_m (ETF W)")
-    ax.set_xlabel("count group")
+    ax.set_xticks(list(ticks.values()))
+    ax.set_xticklabels(list(ticks))
+    ax.set_xlim(-0.5, len(ticks) - 0.5)
+    ax.set_xlabel("label sets grouped by their sample count")
     ax.set_ylabel("c_S")
     ax.set_title("within-multiplicity imbalance: c_S by the set's sample count")
     ax.grid(True, alpha=0.3)
