@@ -160,9 +160,13 @@ def test_metrics_are_invariant_to_rotation_translation_and_scale():
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64))
     base = compute_multilabel_metrics(data.features, data.labels)
     moved = compute_multilabel_metrics(3.0 * data.features @ q + 5.0, data.labels)
+    rotated = compute_multilabel_metrics(3.0 * data.features @ q, data.labels)
     assert set(base) == set(moved)
+    uncentred = ("tagwise_angle_li", "tagwise_angle_li_deg")  # Li et al.'s official metric: uncentred means
     for key in base:
-        assert moved[key] == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
+        got = rotated[key] if key in uncentred else moved[key]
+        assert got == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
+    assert abs(moved["tagwise_angle_li"] - base["tagwise_angle_li"]) > 1e-3  # a translation changes it
 
 
 def test_metric_keys_float32_input_and_errors():

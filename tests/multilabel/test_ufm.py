@@ -1,17 +1,28 @@
-"""UFM solvers: PAL optimum is exact MLab NC with the predicted c_m; CE matches Zhu et al.'s closed form."""
+"""UFM solvers: the PAL optimum is exact MLab NC with the predicted c_m; singletons match Zhu et al.'s closed
+form; fixed-α theory against per-sample problems solved directly; within-multiplicity counts; the CLI."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
 from typer.testing import CliRunner
 
-from nclens.multilabel.ufm import UFMConfig, _data_loss, solve_ufm, ufm_labels, ufm_theory, zhu_ce_closed_form
-from nclens.nn.losses import normalized_pick_all_label_ce, one_hot_mse, pick_all_label_ce
+from nclens.multilabel.ufm import (
+    UFMConfig,
+    _data_loss,
+    gap_implied_scale,
+    scales_by_count,
+    solve_ufm,
+    ufm_labels,
+    ufm_theory,
+    zhu_ce_closed_form,
+)
+from nclens.nn.losses import mse_half, normalized_pick_all_label_ce, pick_all_label_ce
 
 MLAB_ZERO = ("nc1", "nc1_sets", "nc2_etf", "nc2_equinorm", "nc2_equiangular", "nc2_etf_w", "nc3_duality",
              "tagwise_residual_m2", "tagwise_scale_m2_std", "tagwise_angle_ratio")
@@ -33,8 +44,8 @@ def test_pal_ufm_optimum_is_mlab_nc_with_the_predicted_scale():
 
 def test_ce_ufm_matches_zhu_closed_form():
     k, n, lam_w, lam_h = 4, 5, 1e-2, 2e-3
-    sol = solve_ufm(UFMConfig(loss="ce", num_classes=k, dim=5, per_set=(n,), wd_w=lam_w, wd_h=lam_h, wd_b=1e-3),
-                    progress=False)
+    sol = solve_ufm(UFMConfig(loss="pal_normalized", num_classes=k, dim=5, per_set=(n,), wd_w=lam_w, wd_h=lam_h,
+                              wd_b=1e-3), progress=False)
     zhu = zhu_ce_closed_form(k, n, lam_w, lam_h)
     assert not zhu["trivial"] and sol.grad_norm < 1e-10
     assert sol.objective == pytest.approx(zhu["objective"], rel=1e-12)
@@ -77,26 +88,79 @@ def test_triples_mse_and_trivial_regime():
         assert sol.metrics[f"tagwise_scale_m{m}"] == pytest.approx(th["tagwise_scale"][m], rel=1e-9)
         assert sol.metrics[f"tagwise_residual_m{m}"] < 1e-8
     # MSE: the optimal features are linear in the targets, so c_m = m exactly
-    mse = solve_ufm(UFMConfig(loss="mse", num_classes=3, dim=4, per_set=(3, 2)), progress=False)
+    mse = solve_ufm(UFMConfig(loss="mse_half", num_classes=3, dim=4, per_set=(3, 2)), progress=False)
     assert mse.metrics["tagwise_scale_m2"] == pytest.approx(2.0, rel=1e-9)
     # too much weight decay: the zero solution is optimal, in theory and numerically
-    assert zhu_ce_closed_form(4, 20, 0.5, 0.5)["trivial"] and ufm_theory("ce", 4, (20,), 0.5, 0.5)["trivial"]
+    assert zhu_ce_closed_form(4, 20, 0.5, 0.5)["trivial"]
+    assert ufm_theory("pal_normalized", 4, (20,), 0.5, 0.5)["trivial"]
 
 
 def test_traceable_data_loss_equals_public_losses():
     y = ufm_labels(4, (2, 1))
     z = torch.randn(y.shape[0], 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    for name, fn in (("pal", pick_all_label_ce), ("ce", normalized_pick_all_label_ce), ("mse", one_hot_mse)):
+    for name, fn in (("pal", pick_all_label_ce), ("pal_normalized", normalized_pick_all_label_ce),
+                     ("mse_half", mse_half)):
         assert torch.allclose(_data_loss(name, z, y), fn(z, y), rtol=1e-14)
 
 
+def test_fixed_alpha_theory_matches_the_per_sample_problems_solved_directly():
+    # W fixed to a unit-row ETF scaled by α: each sample's feature solves min_h (1/N) L(W h) + λ_H/2 ‖h‖²
+    k, per, lam_h, alpha = 4, (20, 10), 5e-3, 1.3
+    n = k * per[0] + 6 * per[1]
+    from nclens.multilabel.models import li_etf_weight
+
+    w = alpha * li_etf_weight(k, k).double().numpy()
+    for loss in ("pal", "pal_normalized"):
+        gaps = {}
+        for m, y in ((1, [1, 0, 0, 0]), (2, [1, 1, 0, 0])):
+            yt = torch.tensor([y], dtype=torch.float64)
+
+            def f(h, yt=yt, loss=loss):
+                z = torch.from_numpy(w @ h)[None]
+                return float(_data_loss(loss, z, yt)) / n + lam_h / 2 * float((h**2).sum())
+
+            h = minimize(f, np.full(k, 0.1), method="BFGS", options={"gtol": 1e-14, "maxiter": 10000}).x
+            z = w @ h
+            gaps[m] = z[:m].mean() - z[m:].mean()
+        th = ufm_theory(loss, k, per, 5e-3, lam_h, alpha=alpha)
+        assert th["gaps"][1] == pytest.approx(gaps[1], rel=1e-5) and th["gaps"][2] == pytest.approx(gaps[2], rel=1e-5)
+        assert th["tagwise_scale"][2] == pytest.approx(2 * gaps[2] / gaps[1], rel=1e-5)
+        assert gap_implied_scale(loss, k, gaps[1]) == pytest.approx(th["tagwise_scale"][2], rel=1e-5)
+    # the free optimum is a fixed point: the theory at its own α gives the same c_2
+    free = ufm_theory("pal", k, per, 5e-3, 5e-3)
+    assert ufm_theory("pal", k, per, 5e-3, 5e-3, alpha=free["alpha"])["tagwise_scale"][2] == pytest.approx(
+        free["tagwise_scale"][2], rel=1e-12)
+
+
+def test_imbalanced_multiplicities_and_within_multiplicity_counts():
+    # balanced within each multiplicity: the theory covers it (c_2, c_3 exact); totals= gives the same
+    sol = solve_ufm(UFMConfig(loss="pal", num_classes=4, dim=5, per_set=(6, 3, 2)), progress=False)
+    th = ufm_theory("pal", 4, (6, 3, 2), 5e-3, 5e-3)
+    assert th == ufm_theory("pal", 4, (6, 3, 2), 5e-3, 5e-3, totals={1: 24, 2: 18, 3: 8})
+    for m in (2, 3):
+        assert sol.metrics[f"tagwise_scale_m{m}"] == pytest.approx(th["tagwise_scale"][m], rel=1e-9)
+    # pairs of 10 and 5 samples in turn (lexicographic order)
+    y = ufm_labels(4, (2, 10), within=(10, 5))
+    pair_rows = y[y.sum(1) == 2]
+    codes, counts = torch.unique(pair_rows, dim=0, return_counts=True)
+    assert sorted(counts.tolist()) == [5, 5, 5, 10, 10, 10]
+    assert int(counts[(codes == torch.tensor([1.0, 1.0, 0.0, 0.0])).all(1)]) == 10  # {0,1} first: 10
+    assert int(counts[(codes == torch.tensor([1.0, 0.0, 1.0, 0.0])).all(1)]) == 5  # {0,2}: 5
+    sol = solve_ufm(UFMConfig(loss="pal", num_classes=4, dim=5, per_set=(8, 4), within=(4, 2)), progress=False)
+    groups = scales_by_count(sol)[2]
+    assert sorted(groups) == [2, 4] and all(len(v) == 3 for v in groups.values())
+    assert sol.metrics["nc1_sets"] < 1e-8  # within-set collapse still holds
+    with pytest.raises(ValueError, match="within_m"):
+        UFMConfig(per_set=(20,), within=(3, 2))
+
+
 def test_config_errors_and_cli(tmp_path):
-    with pytest.raises(ValueError, match="loss"):
-        UFMConfig(loss="hinge")
-    with pytest.raises(ValueError, match="below K"):
-        UFMConfig(num_classes=3, per_set=(2, 1, 1))
-    with pytest.raises(ValueError, match="wd_w"):
-        UFMConfig(wd_w=0.0)
+    for bad, match in ((dict(loss="hinge"), "loss"), (dict(loss="ce"), "pal_normalized"),
+                       (dict(num_classes=3, per_set=(2, 1, 1)), "below K"), (dict(wd_w=0.0), "wd_w"),
+                       (dict(tol=float("nan")), "tol"), (dict(wd_h=float("inf")), "wd_h"),
+                       (dict(per_set=(0, 3)), "per_set"), (dict(init_scale=0.0), "init_scale")):
+        with pytest.raises(ValueError, match=match):
+            UFMConfig(**bad)
     from nclens.cli import app
 
     out = tmp_path / "ufm.json"
@@ -106,5 +170,12 @@ def test_config_errors_and_cli(tmp_path):
     report = json.loads(out.read_text())
     assert report["grad_norm"] < 1e-10 and report["nc1_sets"] < 1e-8
     assert report["theory"]["check"]["tagwise_scale_m2_abs_err"] < 1e-9
-    bad = CliRunner().invoke(app, ["ufm", "--per-set", "2,x"])
-    assert bad.exit_code != 0 and "per-set" in bad.output
+    for args, message in ((["--per-set", "2,x"], "--per-set must be comma-separated integers"),
+                          (["--tol", "nan"], "--tol must be a finite number, got nan"),
+                          (["--threads", "0"], "--threads must be a positive integer, got 0"),
+                          (["--threads", "-1"], "--threads must be a positive integer, got -1"),
+                          (["--loss", "mse"], "loss must be one of ['pal', 'pal_normalized', 'mse_half']"),
+                          (["--json", str(tmp_path)], "is a directory")):
+        bad = CliRunner().invoke(app, ["ufm", "--no-progress", *args])
+        assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
+        assert "Traceback" not in bad.output

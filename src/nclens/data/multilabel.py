@@ -11,9 +11,11 @@ multiplicity, e.g. ``per_set=(100, 20)`` = 100 samples of every singleton and 20
 Train and test composites are drawn from disjoint pools of source images.
 
 * :func:`load_multilabel_digits`: scikit-learn's bundled 8×8 digits on a 16×16 canvas (no network).
-* :func:`load_ml_mnist`, :func:`load_ml_cifar10`: the paper's sizes (3,100 per singleton and 200 per
-  pair for training = 40,000; 800 / 50 for testing = 10,250) from a *local* torchvision root
-  (``download=False``; torchvision is imported lazily and is optional).
+* :func:`load_ml_mnist`, :func:`load_ml_cifar10`: this quadrant recipe at the paper's sizes (3,100 per
+  singleton and 200 per pair for training = 40,000; 800 / 50 for testing = 10,250) from a *local*
+  torchvision root (``download=False``; torchvision is imported lazily and is optional). The
+  placement is nclens's (random corner for a singleton, ±``max_shift``), not the official notebook's;
+  Li et al.'s exact ML-MNIST composition is :func:`nclens.multilabel.data.load_ml_images`.
 
 **Gaussian features** (:func:`multilabel_gaussian`): singleton means μ_k = μ_G + simplex ETF of radius
 r, set means μ_S = μ_G + c_m (1/m) Σ_{k∈S} (μ_k − μ_G) — exact MLab NC geometry with a planted c_m —

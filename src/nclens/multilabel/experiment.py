@@ -1,549 +1,549 @@
-"""Multi-label NC experiment: learned head vs fixed ETF head vs fixed ETF head with feature dim K.
+"""The multi-label NC experiments (Li, Li, Wang & Qu, ICML 2024), two registered kinds.
 
-Reproduces, on the embedded ``multilabel-digits`` data (CPU minutes), the claims of Li, Li, Wang & Qu
-(ICML 2024): training with the pick-all-label loss drives the features to MLab NC (within-set
-collapse, singleton ETF, self-duality, scaled tag-wise averages), and a fixed simplex-ETF classifier
-with the last block reduced to K channels trains fewer parameters with equal or better test
-performance. Every variant gets the same budget (epochs, optimiser, schedule, data order).
+``multilabel`` — train each variant (``learned`` head, ``fixed_etf`` head, ``fixed_etf_dimk``: fixed ETF
+with feature dimension K; :mod:`nclens.multilabel.models`) with each loss (``pal`` 0/1 targets,
+``pal_normalized`` the paper's 0.5/0.5 targets) and each seed, under one budget, with the one
+:class:`~nclens.train.Trainer` (full batch = ``TensorData(..., batch_size=0)``; the optional feature
+penalty λ_h‖H_B‖²_F of ``train_param_eff.py`` through a ``step_fn``). A callback measures, at epoch 0
+(initialisation), every ``train.eval_every`` epochs and at the end, the MLab NC metrics of the training
+features (:func:`~nclens.core.metrics.multilabel.multilabel_metrics` with the head's W: ``nc1`` …
+``tagwise_scale_m2``, ``tagwise_angle_ratio``, ``tagwise_angle_li``), the singleton logit gap δ_1 and
+the c_2 it implies under the UFM (:func:`~nclens.multilabel.ufm.gap_implied_scale`), and the test
+scores (:mod:`nclens.multilabel.scores`: Li et al.'s IoU, mAP, example F1). The composites of each seed
+are drawn anew (``data`` with the seed), shared by its losses and variants, so variants are compared
+seed by seed.
 
-MLab NC is a terminal-phase phenomenon; the default config (experiments/mlab_digits.yaml) reaches it on
-CPU with few samples per label set, BatchNorm before the last block (``batch_norm``), full-batch
-gradient descent (``batch_size: 0``), weight decay on all parameters and a cosine decay of the learning
-rate to 0. The fall of each metric is its value at epoch 0 (the network at initialisation) over its
-final value.
+``multilabel-ufm`` — the UFM studies: for each loss × λ × random initialisation, solve the UFM to
+machine precision (:func:`~nclens.multilabel.ufm.solve_ufm`) and compare with the theory; the restarts
+test the uniqueness of the optimum (same objective, same rotation-invariant geometry: W Wᵀ, the Gram of
+the label-set means, b), ``within`` the within-multiplicity imbalance.
 
-Per variant and evaluation epoch it records the MLab NC metrics of the training features
-(:func:`nclens.core.metrics.multilabel.multilabel_metrics`, with the head's W) and the test metrics:
-mAP (macro ``sklearn.metrics.average_precision_score`` of the softmax scores), example-based F1 of
-the predicted set P = {k : p_k ≥ r·max_j p_j} (r = ``f1_ratio``; PAL's optimum gives the m true tags
-equal probability ≈ 1/m), and Li et al.'s IoU = mean_i Σ_{k∈Y_i} softmax(z_i)_k (softmax mass on the
-true label set). Trainable parameters and time per epoch (training steps only) are reported.
-
-Run folder: ``config.json`` (resolved config + versions), ``<variant>/history.jsonl``,
-``<variant>/result.json``, ``<variant>/checkpoint.pt`` (resume point, loaded with
-``weights_only=True``), ``summary.json``, ``summary.csv``, ``report.md`` and the figures
-``mlab_nc.png`` (MLab NC over epochs) and ``tagwise_scale.png`` (c_m per multiplicity over epochs).
+Run folder of ``multilabel``: ``config.yaml``, ``versions.json``; per sub-run ``<loss>/<variant>/seed<s>/``:
+``history.jsonl`` (per epoch: lr, running loss, ``seconds``), ``nc.jsonl`` (per measured epoch),
+``checkpoint.pt``, ``result.json``; then ``runs.csv`` (one row per sub-run), ``table.csv`` (mean ± sd
+per loss × variant over the seeds), ``comparison.csv`` (each fixed head minus the learned head, seed by
+seed), ``theory.json`` (the UFM references for c_2) and ``summary.json`` last. Of ``multilabel-ufm``:
+``solutions.jsonl`` (one record per solved case), ``study.csv``, ``summary.json``.
 
 Example:
-    >>> from nclens.multilabel.experiment import MLabConfig
-    >>> MLabConfig(epochs=2).variants
-    ('learned', 'fixed_etf', 'fixed_etf_dimk')
+    >>> from nclens.runs.experiment import get_experiment
+    >>> get_experiment("multilabel").config_class.__name__, get_experiment("multilabel-ufm").kind
+    ('MultiLabelConfig', 'multilabel-ufm')
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import math
+import statistics
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from nclens.core.io import atomic_write_bytes, atomic_write_text, package_versions, read_json, write_json, write_png
+from nclens.core.env import resolve_device, seed_everything
 from nclens.core.metrics.multilabel import multilabel_metrics
 from nclens.core.multilabel import MultiLabelStats
-from nclens.data.multilabel import MultiLabelSplit, load_multilabel_digits
-from nclens.nn.heads import FixedETFClassifier
-from nclens.nn.losses import LOSSES, get_loss
+from nclens.data.multilabel import MultiLabelSplit
+from nclens.multilabel.config import MultiLabelConfig, UFMStudyConfig
+from nclens.multilabel.data import load_data
+from nclens.multilabel.models import MLabNet, build_model, count_trainable
+from nclens.multilabel.scores import multilabel_scores, singleton_logit_gap
+from nclens.multilabel.ufm import gap_implied_scale, solution_report, solve_ufm, ufm_theory
+from nclens.nn.losses import get_loss
+from nclens.runs.experiment import Experiment, ReportContent, register_experiment
+from nclens.runs.folder import RunFolder
+from nclens.train import Callback, TensorData, Trainer
 
 __all__ = [
-    "VARIANTS",
     "NC_KEYS",
     "NC_FALL_TARGET",
-    "MLabConfig",
-    "MLabNet",
-    "build_model",
-    "count_trainable",
-    "batch_bounds",
-    "multilabel_scores",
-    "run_variant",
-    "run_mlab",
-    "load_config",
+    "NC_LOG",
+    "MLabMeasure",
+    "feature_decay_step",
+    "train_one",
+    "aggregate",
+    "MultiLabelExperiment",
+    "UFMStudyExperiment",
+    "sub_run_name",
+    "collect_results",
+    "study_rows",
+    "theory_references",
 ]
 
-VARIANTS = ("learned", "fixed_etf", "fixed_etf_dimk")
-
-#: The MLab NC metrics that should fall towards 0 (figure and the fall-ratio table).
+#: The MLab NC metrics that should fall towards 0 (figures, the fall table).
 NC_KEYS = ("nc1", "nc1_sets", "nc2_etf", "nc2_equinorm", "nc2_equiangular", "nc3_duality", "tagwise_residual_m2",
-           "tagwise_angle_ratio")
-
-#: The fall (value at initialisation / value at the end) every NC metric should reach to call it MLab NC.
+           "tagwise_angle_ratio", "tagwise_angle_li")
+#: The fall (value at initialisation / final value) every NC metric should reach to call it MLab NC.
 NC_FALL_TARGET = 10.0
+NC_LOG = "nc.jsonl"
+RESULT = "result.json"
+SCORES = ("test_map", "test_f1", "test_iou")
 
 
-@dataclass(frozen=True)
-class MLabConfig:
-    """Resolved settings of one experiment (a YAML file gives any subset of the fields)."""
-
-    name: str = "mlab_digits"
-    seed: int = 0
-    # data: multilabel-digits
-    per_set: tuple[int, ...] = (100, 20)
-    test_per_set: tuple[int, ...] = (30, 6)
-    classes: tuple[int, ...] | None = None
-    max_shift: int = 1
-    # model
-    channels: tuple[int, int] = (16, 32)
-    hidden: int = 256
-    feature_dim: int = 256
-    batch_norm: bool = False  # BatchNorm after each conv and after the hidden layer (before the last block)
-    variants: tuple[str, ...] = VARIANTS
-    # training (identical budget for every variant)
-    loss: str = "pal"
-    epochs: int = 60
-    batch_size: int = 64  # 0 = full batch (one gradient step per epoch on all training samples)
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    eval_every: int = 5
-    f1_ratio: float = 0.5
-    device: str = "auto"
-    threads: int = 1  # torch CPU threads during the run (0 = leave torch's setting); 1 avoids oversubscription
-
-    def __post_init__(self) -> None:
-        for name in ("per_set", "test_per_set", "channels", "variants"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad or not self.variants:
-            raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {self.variants}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
-        for name in ("epochs", "eval_every", "hidden", "feature_dim"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if int(self.batch_size) < 0:
-            raise ValueError(f"batch_size must be a positive integer or 0 (full batch), got {self.batch_size!r}")
-        if len(self.channels) != 2 or min(self.channels) < 1:
-            raise ValueError(f"channels must be two positive integers, got {self.channels}")
-        if int(self.threads) < 0:
-            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
-        if not 0.0 < self.f1_ratio <= 1.0:
-            raise ValueError(f"f1_ratio must lie in (0, 1], got {self.f1_ratio}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
-
-    @property
-    def num_tags(self) -> int:
-        return 10 if self.classes is None else len(self.classes)
+def sub_run_name(loss: str, variant: str, seed: int) -> str:
+    """The sub-run folder of one (loss, variant, seed)."""
+    return f"{loss}/{variant}/seed{seed}"
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = (), **settings: Any) -> MLabConfig:
-    """Read a YAML config (unknown keys are an error naming the valid ones), apply ``key=value``
-    overrides (:func:`nclens.runs.config.override_config`) and then ``settings`` that are not None.
+def feature_decay_step(loss: str, feature_decay: float, batch_size: int) -> Callable[..., tuple[Tensor, int]]:
+    """A Trainer ``step_fn``: the registered ``loss`` plus Li et al.'s feature penalty λ_h ‖H_B‖²_F.
 
-    A config without a ``name`` is named after its file.
+    ``train_param_eff.py``: ``loss_total = criterion(pred, label) + lamb_h * torch.linalg.norm(feature)**2``
+    with the batch mean ``criterion`` and the batch's (B, D) features. Under ``reduction="mean"`` (one
+    process) this is returned as is; under ``"sum"`` (DDP, the trainer rescales the share's sum by R/B)
+    the share returns Σ_share ℓ_i + B·λ_h Σ_share ‖h_i‖² with B the nominal global batch ``batch_size``
+    (exact for full batches; a trailing partial batch uses the nominal size).
     """
-    from nclens.runs.config import load_yaml_config, replace
+    fn = get_loss(loss)
 
-    cfg = load_yaml_config(MLabConfig, path, overrides)
-    extra = {k: v for k, v in settings.items() if v is not None}
-    if cfg.name == MLabConfig.name:
-        extra.setdefault("name", Path(path).stem)
-    return replace(cfg, **extra) if extra else cfg
+    def step(model: nn.Module, x: Tensor, y: Tensor, reduction: str) -> tuple[Tensor, int]:
+        logits, feats = model(x, return_features=True)
+        penalty = feats.square().sum()  # ‖H_B‖²_F of this batch (or share)
+        value = fn(logits, y, reduction=reduction)
+        scale = 1.0 if reduction == "mean" else float(batch_size)
+        return value + feature_decay * scale * penalty, int(y.shape[0])
 
-
-class MLabNet(nn.Module):
-    """Small CNN for 16×16 composites: two conv blocks, one hidden layer, a last block to D, then a head.
-
-    With ``batch_norm`` a BatchNorm follows each conv and the hidden layer (before the last block).
-
-    ``features(x)`` returns the penultimate features (N, D) (the last block's output, which NC is
-    measured on); ``forward(x)`` the logits (N, K).
-    """
-
-    def __init__(self, num_tags: int, feature_dim: int, head: nn.Module, channels: tuple[int, int] = (16, 32),
-                 hidden: int = 256, image_size: int = 16, batch_norm: bool = False) -> None:
-        super().__init__()
-        c1, c2 = channels
-
-        def norm(n: int, conv: bool) -> nn.Module:
-            if not batch_norm:
-                return nn.Identity()
-            return nn.BatchNorm2d(n) if conv else nn.BatchNorm1d(n)
-
-        self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), norm(c1, True), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), norm(c2, True), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(),  # (N, c2 · (S/4)²)
-            nn.Linear(c2 * (image_size // 4) ** 2, hidden), norm(hidden, False), nn.ReLU(),
-        )
-        self.last = nn.Linear(hidden, feature_dim)  # the last block: D output channels
-        self.head = head
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.last(self.body(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-
-def build_model(variant: str, cfg: MLabConfig) -> MLabNet:
-    """``learned``: nn.Linear head on D features; ``fixed_etf``: frozen ETF head on D features;
-    ``fixed_etf_dimk``: frozen ETF head with the last block reduced to K channels."""
-    k = cfg.num_tags
-    if variant == "learned":
-        d, head = cfg.feature_dim, nn.Linear(cfg.feature_dim, k)
-    elif variant == "fixed_etf":
-        d, head = cfg.feature_dim, FixedETFClassifier(cfg.feature_dim, k, seed=cfg.seed)
-    elif variant == "fixed_etf_dimk":
-        d, head = k, FixedETFClassifier(k, k)
-    else:
-        raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
-    return MLabNet(k, d, head, cfg.channels, cfg.hidden, batch_norm=cfg.batch_norm)
-
-
-def count_trainable(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def multilabel_scores(logits: Tensor, targets: Tensor, f1_ratio: float = 0.5) -> dict[str, float]:
-    """Test metrics of multi-label logits (N, K) against multi-hot targets (N, K).
-
-    mAP: macro average precision (scikit-learn) of softmax scores over tags with a positive sample;
-    F1: example-based, predicted set {k : p_k ≥ r·max p}; IoU: mean softmax mass on the true set.
-    """
-    from sklearn.metrics import average_precision_score
-
-    probs = torch.softmax(logits.double(), dim=1)
-    y = (targets != 0).to(torch.float64)
-    has_pos = y.sum(0) > 0
-    ap = average_precision_score(y[:, has_pos].numpy(), probs[:, has_pos].numpy(), average="macro")
-    pred = (probs >= f1_ratio * probs.max(dim=1, keepdim=True).values).to(torch.float64)
-    inter = (pred * y).sum(1)
-    f1 = (2 * inter / (pred.sum(1) + y.sum(1))).mean()
-    iou = (probs * y).sum(1).mean()
-    return {"test_map": float(ap), "test_f1": float(f1), "test_iou": float(iou)}
+    return step
 
 
 @torch.no_grad()
-def _evaluate(model: MLabNet, data: MultiLabelSplit, cfg: MLabConfig, device: torch.device) -> dict[str, float]:
-    model.eval()
-    stats = MultiLabelStats(cfg.num_tags)
-    batch = 512
-    for start in range(0, data.x_train.shape[0], batch):
-        xb = data.x_train[start : start + batch].to(device)
-        stats.update(model.features(xb), data.y_train[start : start + batch].to(device))
-    weight = model.head.weight.detach()
-    out: dict[str, float] = {}
-    try:
-        out.update(multilabel_metrics(stats, weight))
-    except ValueError as exc:  # e.g. degenerate features at initialisation
-        out["metrics_error"] = str(exc)  # type: ignore[assignment]
-    logits = torch.cat([model(data.x_test[s : s + batch].to(device)).cpu()
-                        for s in range(0, data.x_test.shape[0], batch)])
-    out.update(multilabel_scores(logits, data.y_test, cfg.f1_ratio))
-    model.train()
+def _forward(model: MLabNet, x: Tensor, device: torch.device, batch: int = 512) -> tuple[Tensor, Tensor]:
+    logits, feats = [], []
+    for s in range(0, x.shape[0], batch):
+        z, h = model(x[s : s + batch].to(device), return_features=True)
+        logits.append(z)
+        feats.append(h)
+    return torch.cat(logits), torch.cat(feats)
+
+
+class MLabMeasure(Callback):
+    """At the measured epochs (0 = initialisation): MLab NC of the training features, δ_1, test scores.
+
+    One record per measured epoch in the sub-run's ``nc.jsonl``.
+    """
+
+    logs = (NC_LOG,)
+
+    def __init__(self, data: MultiLabelSplit, epochs: list[int], *, loss: str, f1_ratio: float) -> None:
+        self.data, self.epochs, self.loss, self.f1_ratio = data, set(epochs), loss, f1_ratio
+
+    def measure(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
+        model, dev, d = trainer.model, trainer.device, self.data
+        was = model.training
+        model.eval()
+        try:
+            z_tr, h_tr = _forward(model, d.x_train, dev)
+            if not bool(torch.isfinite(h_tr).all()):
+                raise FloatingPointError(
+                    f"training diverged: the features became non-finite at epoch {epoch}; lower optim.lr "
+                    f"(now {trainer.optim.lr:g})"
+                )
+            stats = MultiLabelStats(d.num_tags).update(h_tr, d.y_train.to(dev))
+            weight = model.head.weight.detach()
+            record: dict[str, Any] = {"epoch": epoch, **multilabel_metrics(stats, weight)}
+            y_tr = d.y_train.to(dev)
+            gap = singleton_logit_gap(z_tr, y_tr)
+            record["train_gap_m1"] = gap
+            if d.num_tags > 2 and bool(((y_tr != 0).sum(1) == 2).any()) and gap > 0:
+                record["c2_gap_implied"] = gap_implied_scale(self.loss, d.num_tags, gap, 2)
+            train_scores = multilabel_scores(z_tr, y_tr, self.f1_ratio)
+            record["train_iou"] = train_scores["iou"]
+            z_te, _ = _forward(model, d.x_test, dev)
+            record.update({f"test_{k}": v for k, v in multilabel_scores(z_te, d.y_test.to(dev), self.f1_ratio).items()})
+        finally:
+            model.train(was)
+        if trainer.writes:
+            trainer.run.append_jsonl(NC_LOG, [record])
+        return record
+
+    def on_fit_start(self, trainer: Trainer, start_epoch: int) -> None:
+        if start_epoch == 0 and 0 in self.epochs:
+            self.measure(trainer, 0)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        if epoch in self.epochs:
+            self.measure(trainer, epoch)
+
+
+def _falls(first: dict[str, Any], last: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k in NC_KEYS:
+        a, b = first.get(k), last.get(k)
+        ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isfinite(a) and math.isfinite(b)
+        out[k] = a / b if ok and b > 0 else None
     return out
 
 
-def batch_bounds(n: int, batch_size: int, *, min_size: int = 1) -> list[tuple[int, int]]:
-    """[start, end) index ranges of the mini-batches of one epoch over n samples (``batch_size`` 0 = one batch).
+def train_one(config: MultiLabelConfig, run: RunFolder, *, loss: str, variant: str, seed: int, data: MultiLabelSplit,
+              resume: bool, progress: bool) -> dict[str, Any]:
+    """Train one (loss, variant, seed) in the sub-run folder ``run``; returns (and writes) its ``result.json``.
 
-    A trailing batch smaller than ``min_size`` is merged into the previous one (BatchNorm needs ≥ 2 samples).
-
-    Example:
-        >>> batch_bounds(10, 4, min_size=2), batch_bounds(9, 4, min_size=2), batch_bounds(5, 0)
-        ([(0, 4), (4, 8), (8, 10)], [(0, 4), (4, 9)], [(0, 5)])
+    A finished sub-run (``result.json`` present) is read back, an interrupted one continues from its checkpoint.
     """
-    if n < 1 or batch_size < 0:
-        raise ValueError(f"need n >= 1 and batch_size >= 0, got n={n}, batch_size={batch_size}")
-    size = n if batch_size == 0 else batch_size
-    bounds = [(s, min(s + size, n)) for s in range(0, n, size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_size:
-        bounds[-2:] = [(bounds[-2][0], n)]
-    return bounds
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def run_variant(variant: str, cfg: MLabConfig, data: MultiLabelSplit, out_dir: Path, *,
-                progress: bool = True, resume: bool = True) -> dict[str, Any]:
-    """Train one variant with the shared budget, evaluating every ``eval_every`` epochs; resumable.
-
-    Returns the variant's result (also written to ``out_dir/<variant>/result.json``).
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    vdir = out_dir / variant
-    result_path, ckpt_path = vdir / "result.json", vdir / "checkpoint.pt"
-    if resume and result_path.exists():
-        return read_json(result_path)
-    device = _resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(variant, cfg).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    loss_fn = get_loss(cfg.loss)
-    history: list[dict[str, Any]] = []
-    epoch_times: list[float] = []
-    start_epoch = 0
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"])
-        epoch_times = [float(t) for t in state["epoch_times"].tolist()]
-        history = [r for r in _read_history(vdir) if r["epoch"] <= start_epoch]
-    if not history:
-        history = [{"epoch": 0, "train_loss": None, **_evaluate(model, data, cfg, device)}]
-    x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
-    n = x_tr.shape[0]
-    bounds = batch_bounds(n, cfg.batch_size, min_size=2 if cfg.batch_norm else 1)
-    order_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    for _ in range(start_epoch):  # keep the data order identical after a resume
-        torch.randperm(n, generator=order_gen)
-    columns = (TextColumn(f"{variant:>15}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[info]}"))
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task(variant, total=cfg.epochs, completed=start_epoch, info="")
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            perm = torch.randperm(n, generator=order_gen).to(device)
-            total, t0 = 0.0, time.perf_counter()
-            for s, e in bounds:
-                idx = perm[s:e]
-                loss = loss_fn(model(x_tr[idx]), y_tr[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * idx.numel()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            epoch_times.append(time.perf_counter() - t0)
-            sched.step()
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                rec = {"epoch": epoch, "train_loss": total / n, **_evaluate(model, data, cfg, device)}
-                history.append(rec)
-                _write_history(vdir, history)
-                _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                             "scheduler": sched.state_dict(), "epoch": epoch,
-                                             "epoch_times": torch.tensor(epoch_times, dtype=torch.float64)})
-                bar.update(task, info=f"loss {rec['train_loss']:.3f} mAP {rec['test_map']:.3f}")
-            bar.update(task, completed=epoch)
-    _write_history(vdir, history)
-    first, last = history[0], history[-1]
-    falls = {k: (first[k] / last[k] if last.get(k) and first.get(k) is not None else None)
-             for k in NC_KEYS if k in last}  # start = epoch 0, the network at initialisation
+    if resume and run.exists(RESULT):
+        return run.read_json(RESULT)
+    cfg, m = config.train, config.model
+    seed_everything(seed)
+    model = build_model(variant, num_tags=config.num_tags, in_channels=int(data.x_train.shape[1]),
+                        image_size=int(data.x_train.shape[-1]), channels=m.channels, hidden=m.hidden,
+                        feature_dim=m.feature_dim, batch_norm=m.batch_norm)
+    n = int(data.x_train.shape[0])
+    step_fn = feature_decay_step(loss, cfg.feature_decay, cfg.batch_size or n) if cfg.feature_decay > 0 else None
+    callback = MLabMeasure(data, cfg.measured_epochs(), loss=loss, f1_ratio=cfg.f1_ratio)
+    trainer = Trainer(
+        model, TensorData(data.x_train, data.y_train, cfg.batch_size), loss=loss, optim=config.optim,
+        epochs=cfg.epochs, seed=seed, run=run, callbacks=[callback], device=cfg.device, step_fn=step_fn,
+        checkpoint_every=cfg.checkpoint_every, progress=progress, name=f"{loss} {variant} seed {seed}",
+    )
+    fit = trainer.fit(resume=resume and run.has_checkpoint())
+    nc = run.read_jsonl(NC_LOG)
+    history = fit.history
+    first, last = (nc[0], nc[-1]) if nc else ({}, {})
+    seconds = [float(r["seconds"]) for r in history if "seconds" in r]
     result = {
+        "loss": loss,
         "variant": variant,
-        "trainable_params": count_trainable(model),
-        "feature_dim": model.last.out_features,
-        "time_per_epoch_s": sum(epoch_times) / max(len(epoch_times), 1),
+        "seed": seed,
+        "feature_dim": int(fit.model.feature_dim),
+        "trainable_params": count_trainable(fit.model),
+        "time_per_epoch_s": sum(seconds) / len(seconds) if seconds else None,
+        "epochs": cfg.epochs,
         "final": last,
         "initial": first,
-        "nc_fall_ratio": falls,
+        "nc_fall": _falls(first, last),
+        "final_train_loss": history[-1].get("train_loss_running") if history else None,
     }
-    write_json(result_path, result)
+    run.write_json(RESULT, result)
     return result
 
 
-def _write_history(vdir: Path, history: list[dict[str, Any]]) -> None:
-    import json
-
-    from nclens.core.io import to_jsonable
-
-    text = "".join(json.dumps(to_jsonable(r), allow_nan=False) + "\n" for r in history)
-    atomic_write_text(vdir / "history.jsonl", text)
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def _read_history(vdir: Path) -> list[dict[str, Any]]:
-    from nclens.core.io import read_jsonl
-
-    return read_jsonl(vdir / "history.jsonl")
-
-
-# ----------------------------------------------------------------- figures
-def plot_nc(histories: Mapping[str, list[dict[str, Any]]], path: Path) -> None:
-    """MLab NC metrics over epochs (log scale), one panel per metric, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in NC_KEYS if any(k in r for h in histories.values() for r in h)]
-    cols = 4
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        for variant, hist in histories.items():
-            pts = [(r["epoch"], r[key]) for r in hist if isinstance(r.get(key), (int, float)) and r[key] > 0]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=variant)
-        ax.set_yscale("log")
-        ax.set_title(key)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle("MLab NC of the training features (multilabel-digits, PAL loss)")
-    fig.tight_layout()
-    write_png(fig, path, tight=False)
+def _row(result: dict[str, Any]) -> dict[str, Any]:
+    fin, falls = result["final"], result["nc_fall"]
+    ok = {k: f for k, f in falls.items() if f is not None}
+    weakest = min(ok, key=ok.__getitem__) if ok else None
+    return {
+        "loss": result["loss"], "variant": result["variant"], "seed": result["seed"],
+        "feature_dim": result["feature_dim"], "trainable_params": result["trainable_params"],
+        **{k: fin.get(k) for k in SCORES},
+        "train_iou": fin.get("train_iou"),
+        **{k: fin.get(k) for k in NC_KEYS},
+        "tagwise_angle_li_deg": fin.get("tagwise_angle_li_deg"),
+        "tagwise_scale_m2": fin.get("tagwise_scale_m2"),
+        "tagwise_scale_m2_std": fin.get("tagwise_scale_m2_std"),
+        "c2_gap_implied": fin.get("c2_gap_implied"),
+        "train_gap_m1": fin.get("train_gap_m1"),
+        "min_fall": None if weakest is None else ok[weakest],
+        "min_fall_metric": weakest,
+        "final_train_loss": result.get("final_train_loss"),
+    }
 
 
-def plot_tagwise(histories: Mapping[str, list[dict[str, Any]]], path: Path) -> None:
-    """Tag-wise scale c_m (mean ± std over label sets) per multiplicity over epochs, per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(histories), figsize=(4.2 * len(histories), 3.2), squeeze=False)
-    for ax, (variant, hist) in zip(axes.flat, histories.items()):
-        mults = sorted({int(k.split("_m")[1]) for r in hist for k in r
-                        if k.startswith("tagwise_scale_m") and not k.endswith("_std")})
-        for m in mults:
-            key = f"tagwise_scale_m{m}"
-            pts = [(r["epoch"], r[key], r.get(f"{key}_std", 0.0)) for r in hist if key in r]
-            ep, mean, std = zip(*pts)
-            ax.errorbar(ep, mean, yerr=std, marker="o", ms=3, capsize=2, label=f"c_{m} (m={m})")
-        ax.set_title(variant)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("tag-wise scale c_m")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Tag-wise scale: μ_S − μ_G¹ ≈ c_m · mean of the tags' singleton means")
-    fig.tight_layout()
-    write_png(fig, path, tight=False)
+#: columns of ``table.csv`` that get mean and sd over the seeds
+TABLE_STATS = (*SCORES, "train_iou", *NC_KEYS, "tagwise_scale_m2", "c2_gap_implied", "min_fall")
 
 
-# -------------------------------------------------------------------- run
-def run_mlab(cfg: MLabConfig, out_dir: str | Path, *, progress: bool = True, resume: bool = True,
-             figures: bool = True) -> dict[str, Any]:
-    """Run every variant of ``cfg`` into ``out_dir`` and write the summary, report and (``figures``) PNGs.
+def aggregate(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """``runs`` (one row per sub-run), ``table`` (mean/sd over seeds per loss × variant), ``comparison``
+    (each fixed head minus the learned head of the same loss and seed: mean/sd of the paired differences
+    of the test scores, and the verdict ``better`` (mean − sd > 0), ``equal within the spread``
+    (|mean| ≤ sd) or ``worse`` (mean + sd < 0) — with at least two seeds; "equal or better" holds
+    unless ``worse``)."""
+    runs = [_row(r) for r in results]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    timing: dict[tuple[str, str], list[float]] = {}
+    for r, res in zip(runs, results):
+        groups.setdefault((r["loss"], r["variant"]), []).append(r)
+        timing.setdefault((r["loss"], r["variant"]), []).append(res.get("time_per_epoch_s"))
+    table = []
+    for (loss, variant), rows in groups.items():
+        row: dict[str, Any] = {"loss": loss, "variant": variant, "seeds": len(rows),
+                               "feature_dim": rows[0]["feature_dim"], "trainable_params": rows[0]["trainable_params"]}
+        for key in TABLE_STATS:
+            row[f"{key}_mean"], row[f"{key}_sd"] = _mean_sd([r.get(key) for r in rows])
+        row["min_fall_min"] = min((r["min_fall"] for r in rows if r["min_fall"] is not None), default=None)
+        table.append(row)
+    comparison = []
+    for (loss, variant), rows in groups.items():
+        base = {r["seed"]: r for r in groups.get((loss, "learned"), [])}
+        if variant == "learned" or not base:
+            continue
+        row = {"loss": loss, "variant": variant, "versus": "learned"}
+        for key in SCORES:
+            diffs = [r[key] - base[r["seed"]][key] for r in rows if r["seed"] in base
+                     and r.get(key) is not None and base[r["seed"]].get(key) is not None]
+            mean, sd = _mean_sd(diffs)
+            row[f"{key}_diff_mean"], row[f"{key}_diff_sd"], row[f"{key}_pairs"] = mean, sd, len(diffs)
+            if mean is None:
+                verdict = None
+            elif len(diffs) < 2:
+                verdict = "one seed: no spread"
+            elif mean - sd > 0:
+                verdict = "better"
+            elif mean + sd < 0:
+                verdict = "worse"
+            else:
+                verdict = "equal within the spread"
+            row[f"{key}_verdict"] = verdict
+        base_params = groups[(loss, "learned")][0]["trainable_params"]
+        row["trainable_params_ratio"] = rows[0]["trainable_params"] / base_params
+        comparison.append(row)
+    timings = [{"loss": loss, "variant": variant, "time_per_epoch_s": _mean_sd(ts)[0],
+                "time_per_epoch_s_sd": _mean_sd(ts)[1]} for (loss, variant), ts in timing.items()]
+    return {"runs": runs, "table": table, "comparison": comparison, "timing": timings}
 
-    A rerun with ``resume=True`` skips finished variants and continues an interrupted one from its
-    last checkpoint; a changed config in the same folder is an error (use a new folder or resume=False).
+
+def theory_references(config: MultiLabelConfig) -> dict[str, Any]:
+    """The UFM's c_2 for the run's losses at the matching regularisation (``theory.json``).
+
+    The training objective's last layer is a UFM with λ_W = ``optim.weight_decay`` and λ_H = 2 λ_h B/N
+    (the penalty λ_h‖H_B‖²_F, B the batch size, N the samples; full batch: λ_H = 2 λ_h) — only with
+    ``train.feature_decay`` > 0. A fixed ETF head has unit rows (α = 1 fixed). Without pairs or with
+    ``feature_decay`` = 0 there is no matching UFM (the gap-implied c_2 of ``nc.jsonl`` remains).
     """
-    out = Path(out_dir)
-    cfg_path = out / "config.json"
-    resolved = asdict(cfg)
-    if resume and cfg_path.exists():
-        old = read_json(cfg_path).get("config")
-        if old is not None and old != read_json_roundtrip(resolved):
-            raise ValueError(f"{out} holds a run with a different config; pass a new --out or --fresh")
-    if not resume:
+    cfg, k = config.train, config.num_tags
+    per = config.data.per_set
+    out: dict[str, Any] = {"lambda_w": config.optim.weight_decay, "lambda_h": None, "c2": {}}
+    if cfg.feature_decay <= 0 or len(per) < 2 or per[1] == 0 or k < 3:
+        out["note"] = "no matching UFM (train.feature_decay = 0 or no pairs)"
+        return out
+    n = config.num_train
+    lam_h = 2.0 * cfg.feature_decay * (cfg.batch_size or n) / n
+    out["lambda_h"] = lam_h
+    for loss in cfg.losses:
+        entry = {}
         for variant in cfg.variants:
-            for name in ("result.json", "checkpoint.pt", "history.jsonl"):
-                (out / variant / name).unlink(missing_ok=True)
-    write_json(cfg_path, {"config": resolved, "versions": package_versions()})
-    data = load_multilabel_digits(cfg.per_set, cfg.test_per_set, classes=cfg.classes, max_shift=cfg.max_shift,
-                                  seed=cfg.seed)
-    threads_before = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    try:
-        results = {v: run_variant(v, cfg, data, out, progress=progress, resume=resume) for v in cfg.variants}
-    finally:
-        torch.set_num_threads(threads_before)
-    histories = {v: _read_history(out / v) for v in cfg.variants}
+            alpha = None if variant == "learned" else 1.0
+            th = ufm_theory(loss, k, per, config.optim.weight_decay, lam_h, alpha=alpha)
+            entry[variant] = th["tagwise_scale"].get(2)
+        out["c2"][loss] = entry
+    return out
+
+
+def collect_results(run: RunFolder) -> list[dict[str, Any]]:
+    """Every finished sub-run's ``result.json``, in the config's order (seeds, then losses, then variants)."""
+    record = run.config_record() or {}
+    train = record.get("train", {})
+    out = []
+    for seed in train.get("seeds", []):
+        for loss in train.get("losses", []):
+            for variant in train.get("variants", []):
+                name = f"{sub_run_name(loss, variant, seed)}/{RESULT}"
+                if run.exists(name):
+                    out.append(run.read_json(name))
+    return out
+
+
+def _check_data(config: MultiLabelConfig) -> None:
+    """The data source exists (real files for ml-*), before any file is written."""
+    resolve_device(config.train.device)
+    if config.data.dataset == "multilabel-digits":
+        return
+    from nclens.data.images import DEBIAN_DIRS, ENV_VAR
+    from nclens.multilabel.data import IMAGE_DATASETS
+
+    name = IMAGE_DATASETS[config.data.dataset]
+    if config.data.root is not None and not Path(config.data.root).exists():
+        raise FileNotFoundError(f"data.root {config.data.root!r} does not exist (nclens never downloads data)")
+    from nclens.data import load_images
+
+    try:  # reading the labels of the smaller split is quick and raises the data loader's own clear error
+        load_images(name, "test", root=config.data.root)
+    except FileNotFoundError as exc:
+        hint = f" (set data.root, ${ENV_VAR}, or install it: {DEBIAN_DIRS.get(name, '')})"
+        raise type(exc)(f"{exc}{hint}" if name in DEBIAN_DIRS else str(exc)) from None
+
+
+@register_experiment
+class MultiLabelExperiment(Experiment):
+    """Train the variants × losses × seeds, measure MLab NC during training (module docstring)."""
+
+    kind = "multilabel"
+    config_class = MultiLabelConfig
+    description = "learned vs fixed-ETF vs fixed-ETF+D=K heads, PAL losses, MLab NC over training (Li et al. 2024)"
+    resume_ignores = ("train.progress", "train.device")
+    timing_fields = ("seconds", "time_per_epoch_s", "time_per_epoch_s_sd")
+
+    def check(self, config: MultiLabelConfig) -> None:
+        _check_data(config)
+
+    def run(self, config: MultiLabelConfig, run: RunFolder, *, resume: bool, progress: bool,
+            log: Callable[[str], None]) -> dict[str, Any]:
+        cfg = config.train
+        run.write_json("theory.json", theory_references(config))
+        results, sizes = [], {}
+        for seed in cfg.seeds:
+            data = load_data(config.data, seed)
+            sizes = {"n_train": int(data.x_train.shape[0]), "n_test": int(data.x_test.shape[0]),
+                     "image_shape": list(data.x_train.shape[1:])}
+            for loss in cfg.losses:
+                for variant in cfg.variants:
+                    sub = run.subfolder(sub_run_name(loss, variant, seed))
+                    res = train_one(config, sub, loss=loss, variant=variant, seed=seed, data=data, resume=resume,
+                                    progress=progress and cfg.progress)
+                    results.append(res)
+                    fin = res["final"]
+                    if run.writer:
+                        nan = float("nan")
+                        log(f"{loss} {variant} seed {seed}: test mAP {fin.get('test_map', nan):.4f}, "
+                            f"IoU {fin.get('test_iou', nan):.4f}, c_2 {fin.get('tagwise_scale_m2', nan):.3f}")
+        agg = aggregate(results)
+        run.write_csv("runs.csv", agg["runs"])
+        run.write_csv("table.csv", agg["table"])
+        if agg["comparison"]:
+            run.write_csv("comparison.csv", agg["comparison"])
+        return {**sizes, "table": agg["table"], "comparison": agg["comparison"], "timing": agg["timing"],
+                "runs": agg["runs"]}
+
+    def figures(self, run: RunFolder) -> dict[str, Path]:
+        from nclens.multilabel.figures import write_training_figures
+
+        return write_training_figures(run)
+
+    def report(self, run: RunFolder) -> ReportContent:
+        from nclens.multilabel.figures import training_report
+
+        return training_report(run)
+
+    def summary_text(self, run: RunFolder) -> str:
+        from nclens.multilabel.figures import training_summary_text
+
+        return training_summary_text(run)
+
+
+# ---------------------------------------------------------------------------------------------- UFM studies
+SOLUTIONS = "solutions.jsonl"
+
+
+def _geometry(sol: Any) -> dict[str, Any]:
+    """Rotation-invariant geometry of a solution: W Wᵀ, the Gram of the label-set means, b."""
+    y, h = sol.labels, sol.features
+    codes, inverse = torch.unique(y, dim=0, return_inverse=True)
+    counts = torch.bincount(inverse).to(h.dtype)
+    means = torch.zeros(codes.shape[0], h.shape[1], dtype=h.dtype).index_add_(0, inverse, h) / counts[:, None]
+    return {"gram_w": (sol.weight @ sol.weight.T).tolist(), "gram_sets": (means @ means.T).tolist(),
+            "bias": sol.bias.tolist()}
+
+
+def _max_abs_diff(a: Any, b: Any) -> float:
+    return float((torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)).abs().max())
+
+
+def study_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (loss, λ): the restarts' objective spread and geometry differences, c_m vs the theory."""
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["loss"], r["lambda"]), []).append(r)
     rows = []
-    for v, r in results.items():
-        fin, ini = r["final"], r["initial"]
-        falls = {k: f for k, f in r["nc_fall_ratio"].items() if f is not None}
-        weakest = min(falls, key=falls.__getitem__) if falls else None
-        rows.append({
-            "variant": v,
-            "feature_dim": r["feature_dim"],
-            "trainable_params": r["trainable_params"],
-            "time_per_epoch_s": r["time_per_epoch_s"],
-            "test_map": fin["test_map"],
-            "test_f1": fin["test_f1"],
-            "test_iou": fin["test_iou"],
-            **{k: fin.get(k) for k in NC_KEYS},
-            **{f"{k}_start": ini.get(k) for k in NC_KEYS},
-            **{f"{k}_fall": r["nc_fall_ratio"].get(k) for k in NC_KEYS},
-            "min_fall": None if weakest is None else falls[weakest],
-            "min_fall_metric": weakest,
-            **{k: fin[k] for k in fin if k.startswith("tagwise_scale_m") and not k.endswith("_std")},
-        })
-    summary = {"config": resolved, "n_train": int(data.x_train.shape[0]), "n_test": int(data.x_test.shape[0]),
-               "variants": rows}
-    write_json(out / "summary.json", summary)
-    _write_csv(out / "summary.csv", rows)
-    if figures:
-        plot_nc(histories, out / "mlab_nc.png")
-        plot_tagwise(histories, out / "tagwise_scale.png")
-    atomic_write_text(out / "report.md", _report_md(cfg, summary))
-    return summary
+    for (loss, lam), recs in groups.items():
+        first = recs[0]
+        objs = [r["objective"] for r in recs]
+        row: dict[str, Any] = {
+            "loss": loss, "lambda": lam, "restarts": len(recs),
+            "objective_min": min(objs), "objective_max": max(objs), "objective_spread": max(objs) - min(objs),
+            "grad_norm_max": max(r["grad_norm"] for r in recs),
+            "converged_all": all(r["converged"] for r in recs),
+            "gram_w_max_diff": max(_max_abs_diff(r["geometry"]["gram_w"], first["geometry"]["gram_w"]) for r in recs),
+            "gram_sets_max_diff": max(_max_abs_diff(r["geometry"]["gram_sets"], first["geometry"]["gram_sets"])
+                                      for r in recs),
+            "bias_max_abs": max(max(abs(b) for b in r["geometry"]["bias"]) for r in recs),
+        }
+        metrics = sorted({k for r in recs for k in r["metrics"]})
+        for key in metrics:
+            vals = [r["metrics"].get(key) for r in recs]
+            vals = [v for v in vals if isinstance(v, (int, float))]
+            if key.startswith("tagwise_scale_m") and not key.endswith("_std"):
+                row[f"{key}_mean"], row[f"{key}_restart_spread"] = statistics.fmean(vals), max(vals) - min(vals)
+            elif key in ("nc1", "nc1_sets", "nc2_etf", "nc2_etf_w", "nc3_duality", "tagwise_residual_m2",
+                         "tagwise_angle_li", "tagwise_angle_ratio", "tagwise_scale_m2_std"):
+                row[f"{key}_max"] = max(vals)
+        theory = first.get("theory")
+        if theory:
+            row["theory_objective"] = theory["objective"]
+            row["objective_abs_err_max"] = max(abs(r["objective"] - theory["objective"]) for r in recs)
+            for m, c in theory["tagwise_scale"].items():
+                row[f"theory_tagwise_scale_m{m}"] = c
+                got = [r["metrics"].get(f"tagwise_scale_m{m}") for r in recs]
+                row[f"tagwise_scale_m{m}_abs_err_max"] = max(abs(g - c) for g in got if g is not None)
+        zhu = first.get("zhu_closed_form")
+        if zhu:
+            row["zhu_objective"], row["zhu_w_norm"], row["zhu_h_norm"] = zhu["objective"], zhu["w_norm"], zhu["h_norm"]
+            for key in ("objective", "w_norm", "h_norm"):
+                row[f"zhu_{key}_abs_err_max"] = max(r["zhu_closed_form"]["check"][f"{key}_abs_err"] for r in recs)
+        by_count = first.get("tagwise_scale_by_count")
+        if by_count:
+            for m, groups_m in by_count.items():
+                for count, values in groups_m.items():
+                    row[f"c_m{m}_count{count}_mean"] = statistics.fmean(values)
+                    row[f"c_m{m}_count{count}_spread"] = max(values) - min(values)
+        rows.append(row)
+    return rows
 
 
-def read_json_roundtrip(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples become lists), to compare configs."""
-    import json
+@register_experiment
+class UFMStudyExperiment(Experiment):
+    """UFM studies: losses × λ × restarts, each solved to machine precision and compared with the theory."""
 
-    from nclens.core.io import to_jsonable
+    kind = "multilabel-ufm"
+    config_class = UFMStudyConfig
+    description = "UFM of the PAL losses: restarts (uniqueness), λ sweeps, imbalanced counts vs the theory"
+    timing_fields = ("seconds",)
 
-    return json.loads(json.dumps(to_jsonable(obj)))
+    def run(self, config: UFMStudyConfig, run: RunFolder, *, resume: bool, progress: bool,
+            log: Callable[[str], None]) -> dict[str, Any]:
+        done = {r["key"] for r in run.read_jsonl(SOLUTIONS)} if resume else set()
+        if not resume:
+            run.keep_jsonl(SOLUTIONS, lambda r: False)
+        for case in config.cases():
+            if case["key"] in done:
+                continue
+            lam = case["lambda"]
+            changes: dict[str, Any] = {"loss": case["loss"], "seed": case["seed"]}
+            if lam is not None:
+                changes.update(wd_w=lam, wd_h=lam, wd_b=lam)
+            ucfg = dataclasses.replace(config.ufm, **changes)
+            started = time.perf_counter()
+            sol = solve_ufm(ucfg, progress=progress)
+            report = solution_report(sol)
+            record = {
+                "key": case["key"], "loss": case["loss"], "lambda": lam, "restart": case["restart"],
+                "seed": case["seed"], "objective": sol.objective, "loss_value": sol.loss,
+                "grad_norm": sol.grad_norm, "iterations": sol.iterations, "newton_steps": sol.newton_steps,
+                "converged": sol.converged, "metrics": dict(sol.metrics), "geometry": _geometry(sol),
+                "theory": report.get("theory"), "zhu_closed_form": report.get("zhu_closed_form"),
+                "tagwise_scale_by_count": report.get("tagwise_scale_by_count"),
+                "seconds": time.perf_counter() - started,
+            }
+            run.append_jsonl(SOLUTIONS, [record])
+            if run.writer:
+                c2 = sol.metrics.get("tagwise_scale_m2")
+                log(f"{case['key']}: objective {sol.objective:.12g}, |grad| {sol.grad_norm:.2e}"
+                    + (f", c_2 {c2:.10g}" if c2 is not None else ""))
+        rows = study_rows(run.read_jsonl(SOLUTIONS))
+        run.write_csv("study.csv", rows)
+        return {"rows": rows}
 
+    def figures(self, run: RunFolder) -> dict[str, Path]:
+        from nclens.multilabel.figures import write_ufm_figures
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+        return write_ufm_figures(run)
 
+    def report(self, run: RunFolder) -> ReportContent:
+        from nclens.multilabel.figures import ufm_report
 
-def _fmt(v: Any, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
+        return ufm_report(run)
 
+    def summary_text(self, run: RunFolder) -> str:
+        from nclens.multilabel.figures import ufm_summary_text
 
-def _report_md(cfg: MLabConfig, summary: dict[str, Any]) -> str:
-    lines = [
-        f"# {cfg.name}: multi-label NC with the pick-all-label loss",
-        "",
-        f"multilabel-digits, K={cfg.num_tags}, per set {list(cfg.per_set)} (train n={summary['n_train']}), "
-        f"test per set {list(cfg.test_per_set)} (n={summary['n_test']}); {cfg.epochs} epochs, SGD lr {cfg.lr} "
-        f"(momentum {cfg.momentum}, cosine to 0), wd {cfg.weight_decay} on all parameters, "
-        f"batch {'full' if cfg.batch_size == 0 else cfg.batch_size}, BatchNorm {'on' if cfg.batch_norm else 'off'}, "
-        f"loss {cfg.loss}, seed {cfg.seed}.",
-        "",
-        "| variant | D | trainable params | s/epoch | test mAP | test F1 | test IoU | nc1 | nc1_sets | nc2_etf "
-        "| nc3_duality | residual m2 | c_2 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary["variants"]:
-        lines.append(
-            f"| {r['variant']} | {r['feature_dim']} | {r['trainable_params']:,} | {r['time_per_epoch_s']:.3f} | "
-            f"{100 * r['test_map']:.2f} | {100 * r['test_f1']:.2f} | {100 * r['test_iou']:.2f} | "
-            f"{_fmt(r.get('nc1'), '.3g')} | {_fmt(r.get('nc1_sets'), '.3g')} | {_fmt(r.get('nc2_etf'), '.3g')} | "
-            f"{_fmt(r.get('nc3_duality'), '.3g')} | {_fmt(r.get('tagwise_residual_m2'), '.3g')} | "
-            f"{_fmt(r.get('tagwise_scale_m2'), '.3f')} |"
-        )
-    lines += ["", "MLab NC of the training features, start (epoch 0 = at initialisation) → end, and the fall "
-              "start / end:", "", "| variant | " + " | ".join(NC_KEYS) + " |", "|---" * (len(NC_KEYS) + 1) + "|"]
-    for r in summary["variants"]:
-        lines.append(f"| {r['variant']} | " + " | ".join(
-            f"{_fmt(r.get(f'{k}_start'), '.3g')} → {_fmt(r.get(k), '.3g')} ({_fmt(r.get(f'{k}_fall'), '.3g')}×)"
-            for k in NC_KEYS) + " |")
-    lines.append("")
-    for r in summary["variants"]:
-        low = r.get("min_fall")
-        ok = low is not None and low >= NC_FALL_TARGET
-        lines.append(f"- {r['variant']}: every MLab NC metric fell ≥ {NC_FALL_TARGET:g}×: {'yes' if ok else 'no'} "
-                     f"(smallest fall {_fmt(low, '.3g')}× for {r.get('min_fall_metric') or '–'})")
-    lines += ["", "![MLab NC over epochs](mlab_nc.png)", "", "![tag-wise scale](tagwise_scale.png)", ""]
-    return "\n".join(lines)
+        return ufm_summary_text(run)

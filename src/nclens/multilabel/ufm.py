@@ -7,10 +7,16 @@ The UFM (Mixon et al. 2020; Zhu et al. 2021) treats the last-layer features as f
 W ∈ R^{K×d}, H = [h_1 … h_N] ∈ R^{d×N}, b ∈ R^K, with L one of
 
 * ``pal``: pick-all-label CE Σ_{k∈Y} −log softmax(z)_k (Li, Li, Wang & Qu, ICML 2024);
-* ``ce``: CE against Y/|Y| (the multi-class CE when every |Y| = 1, Zhu et al. 2021);
-* ``mse``: ½‖z − y‖² (Han et al. 2022).
+* ``pal_normalized``: CE against Y/|Y| — the 0.5/0.5 pair targets of Li et al.'s ML-MNIST/ML-CIFAR
+  files (``Exp_MNIST.ipynb``) under ``nn.CrossEntropyLoss`` — and the multi-class CE when every
+  |Y| = 1 (Zhu et al. 2021);
+* ``mse_half``: ½‖z − y‖² (Han et al. 2022).
 
-The data hold ``per_set[m−1]`` samples of every label set of size m (all C(K, m) of them).
+The names are those of the one loss registry (:data:`nclens.nn.losses.LOSSES`), with the same meaning.
+The data hold ``per_set[m−1]`` samples of every label set of size m (all C(K, m) of them); ``within``
+makes one multiplicity imbalanced *within* itself (its label sets, in lexicographic order, get the
+counts ``within`` in turn — the within-multiplicity imbalance of the official ``imbalance_angle_stat``,
+pair sets of 500, 50 and 5 samples).
 :func:`solve_ufm` minimises in float64 with L-BFGS (strong Wolfe line search), then polishes with
 pseudo-inverse Newton steps (the Hessian is singular only along the rotations W → WQ, H → HQ), and
 reports the final gradient norm.
@@ -31,12 +37,12 @@ the objective reduces to a function of α and the gaps (N_m = C(K, m)·per_set[m
     F(α, δ) = (1/N) Σ_m N_m w_m log(m + (K−m) e^{−δ_m}) + λ_W K α²/2
               + (λ_H/(2α²)) Σ_m N_m δ_m² m(K−m)(K−1)/K²,
 
-with w_m = m for PAL and w_m = 1 for the normalised CE (Li et al.'s theorem covers PAL; for the
+with w_m = m for PAL and w_m = 1 for ``pal_normalized`` (Li et al.'s theorem covers PAL; for the
 normalised CE the same ETF form is an assumption, which the solver confirms to machine precision
 for K = 4, per-set 20,10). Stationarity in δ_m gives, with
 τ = α² K²/(N λ_H (K−1)),
 
-    PAL:  δ_m (m e^{δ_m} + K − m) = τ          normalised CE:  m δ_m (m e^{δ_m} + K − m) = τ,
+    pal:  δ_m (m e^{δ_m} + K − m) = τ          pal_normalized:  m δ_m (m e^{δ_m} + K − m) = τ,
 
 and stationarity in α gives λ_W K α⁴ = λ_H Σ_m N_m δ_m² m(K−m)(K−1)/K². Hence the *tag-wise scale*
 
@@ -46,8 +52,20 @@ is fixed by the single number τ (μ_G¹ = 0 at the optimum), i.e. by λ_W, λ_H
 enter only through τ and α. Since m e^δ + K − m − (e^δ + K − 1) = (m−1)(e^δ − 1) > 0, δ_m < δ_1 and
 so c_m < m. For PAL, c_m → m in both limits: τ → 0 (δ_m ≈ τ/K for every m) and τ → ∞
 (δ_m ≈ W(τ/m), so δ_m/δ_1 → 1). Weaker weight decay means larger features, larger τ, and c_m
-closer to m (K = 4, per-set 20,10: c_2 = 1.676, 1.710, 1.752 at λ = 1e-2, 5e-3, 2e-3). For the MSE
-loss the optimal features are linear in the targets and c_m = m exactly.
+closer to m (K = 4, per-set 20,10: c_2 = 1.676, 1.710, 1.752 at λ = 1e-2, 5e-3, 2e-3; 1.39 for
+``pal_normalized`` at 5e-3). For ``mse_half`` the optimal features are linear in the targets and
+c_m = m exactly.
+
+Three consequences used by the experiments. (1) The counts enter only through the totals N_m per
+multiplicity, so the theory covers multiplicities of different sizes (20 per singleton, 10 per pair,
+5 per triple) as long as the sets of one multiplicity are balanced (Li et al.'s assumption). (2) With
+a *fixed* classifier of row norm α (a fixed ETF head) only the δ-stationarity remains: c_m follows
+from τ(α) (``ufm_theory(..., alpha=α)``). (3) The δ-stationarity ties the gaps of all multiplicities
+to one τ, so the singleton gap alone predicts c_m: τ = δ_1 (e^{δ_1} + K − 1) (both losses), then δ_m
+from the equation above (:func:`gap_implied_scale`) — a prediction that needs no λ and can be
+compared with a trained network's c_m at every epoch. Within-multiplicity imbalance (``within``) is
+outside the theorem: each sample's feature still solves its own convex problem given W, so c_S would
+be equal for all pairs if W stayed an ETF; the study kind measures how far W and c_S move.
 :func:`ufm_theory` solves this scalar problem (a nested bracketed root search) and the solver's
 numerical optimum is tested against it. For singletons only (multi-class CE, n per class) the
 problem has the closed form of Zhu et al. (2021, Thm. 3.1), re-derived in :func:`zhu_ce_closed_form`:
@@ -72,8 +90,9 @@ import torch
 from scipy.optimize import brentq
 from torch import Tensor
 
+from nclens.core.console import progress_bar
 from nclens.data.multilabel import label_sets
-from nclens.nn.losses import normalized_pick_all_label_ce, one_hot_mse, pick_all_label_ce
+from nclens.nn.losses import get_loss
 
 __all__ = [
     "UFM_LOSSES",
@@ -83,10 +102,30 @@ __all__ = [
     "ufm_objective",
     "solve_ufm",
     "ufm_theory",
+    "gap_implied_scale",
+    "scales_by_count",
+    "ufm_sets",
+    "solution_report",
     "zhu_ce_closed_form",
+    "THEORY_LOSSES",
 ]
 
-UFM_LOSSES = {"pal": pick_all_label_ce, "ce": normalized_pick_all_label_ce, "mse": one_hot_mse}
+#: The UFM's losses, by their names in the one loss registry (:data:`nclens.nn.losses.LOSSES`).
+UFM_LOSSES = {name: get_loss(name) for name in ("pal", "pal_normalized", "mse_half")}
+#: The losses the reduced theory (:func:`ufm_theory`) covers.
+THEORY_LOSSES = ("pal", "pal_normalized")
+
+
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -94,22 +133,31 @@ class UFMConfig:
     """Settings of one UFM problem.
 
     Args:
-        loss: ``"pal"``, ``"ce"`` (CE against Y/|Y|) or ``"mse"``.
+        loss: ``"pal"``, ``"pal_normalized"`` (CE against Y/|Y|) or ``"mse_half"`` (½‖z − y‖²).
         num_classes: K ≥ 2 tags.
         dim: feature dimension d.
         per_set: samples per label set, by multiplicity (``(20, 10)``: 20 per singleton, 10 per pair).
+        within: optional counts for the label sets of multiplicity ``within_m``, given to the sets in
+            lexicographic order in turn (``(10, 5)``: pairs {0,1}: 10, {0,2}: 5, {0,3}: 10, ...);
+            empty = balanced (``per_set``).
+        within_m: the multiplicity ``within`` applies to (2 ≤ within_m ≤ len(per_set)).
         wd_w, wd_h, wd_b: weight decays λ_W, λ_H, λ_b (λ_H multiplies ‖H‖_F² of all N features).
         seed: seed of the random initialisation.
         init_scale: standard deviation of the initial W and H entries.
         max_iter: L-BFGS iteration budget.
         tol: stop when the gradient 2-norm falls below this.
         newton_max_params: run the Newton polish when the problem has at most this many variables.
+
+    Raises:
+        ValueError: an unknown loss, non-finite or out-of-range numbers, multiplicities ≥ K.
     """
 
     loss: str = "pal"
     num_classes: int = 4
     dim: int = 8
     per_set: tuple[int, ...] = (20, 10)
+    within: tuple[int, ...] = ()
+    within_m: int = 2
     wd_w: float = 5e-3
     wd_h: float = 5e-3
     wd_b: float = 5e-3
@@ -121,13 +169,11 @@ class UFMConfig:
 
     def __post_init__(self) -> None:
         if self.loss not in UFM_LOSSES:
-            raise ValueError(f"loss must be one of {sorted(UFM_LOSSES)}, got {self.loss!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {self.dim!r}")
-        per = tuple(int(c) for c in self.per_set)
-        if not per or any(c < 0 for c in per) or per[0] <= 0:
+            raise ValueError(f"loss must be one of {list(UFM_LOSSES)}, got {self.loss!r}")
+        _count("num_classes", self.num_classes, 2)
+        _count("dim", self.dim, 1)
+        per = tuple(self.per_set)
+        if not per or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in per) or per[0] <= 0:
             raise ValueError(f"per_set needs a positive singleton count then non-negative counts, got {self.per_set!r}")
         if len(per) >= self.num_classes:
             raise ValueError(
@@ -135,12 +181,29 @@ class UFMConfig:
                 f"(a set of all K tags has no tag-wise direction)"
             )
         object.__setattr__(self, "per_set", per)
+        within = tuple(self.within)
+        if within:
+            if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in within):
+                raise ValueError(f"within must list positive integer counts, got {self.within!r}")
+            if not 2 <= self.within_m <= len(per) or per[self.within_m - 1] == 0:
+                raise ValueError(
+                    f"within_m must name a multiplicity m >= 2 present in per_set (1..{len(per)} with a "
+                    f"positive count), got within_m={self.within_m!r} for per_set={list(per)}"
+                )
+        object.__setattr__(self, "within", within)
         for name in ("wd_w", "wd_h", "wd_b"):
-            if not float(getattr(self, name)) >= 0:
+            if _finite(name, getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.wd_w <= 0 or self.wd_h <= 0:
             raise ValueError(f"wd_w and wd_h must be > 0 (otherwise the problem is unbounded), got "
                              f"{self.wd_w}, {self.wd_h}")
+        if _finite("init_scale", self.init_scale) <= 0:
+            raise ValueError(f"init_scale must be > 0, got {self.init_scale!r}")
+        if _finite("tol", self.tol) <= 0:
+            raise ValueError(f"tol must be a finite number > 0 (the target gradient norm), got {self.tol!r}")
+        _count("max_iter", self.max_iter, 1)
+        _count("newton_max_params", self.newton_max_params, 0)
+        _count("seed", self.seed, 0)
 
 
 @dataclass(frozen=True)
@@ -180,9 +243,27 @@ class UFMSolution:
         }
 
 
-def ufm_labels(num_classes: int, per_set: tuple[int, ...]) -> Tensor:
-    """(N, K) float64 multi-hot labels of the UFM data (samples grouped by label set)."""
+def ufm_sets(num_classes: int, per_set: tuple[int, ...], within: tuple[int, ...] = (),
+             within_m: int = 2) -> tuple[Tensor, Tensor]:
+    """(S, K) int64 label-set rows and (S,) sample counts of the UFM data (see :class:`UFMConfig`)."""
     members, reps = label_sets(num_classes, per_set)
+    if within:
+        sel = (members.sum(1) == within_m).nonzero().flatten()  # lexicographic order (torch.combinations)
+        counts = torch.tensor(within, dtype=reps.dtype)
+        reps = reps.clone()
+        reps[sel] = counts[torch.arange(sel.numel()) % counts.numel()]
+    return members, reps
+
+
+def ufm_labels(num_classes: int, per_set: tuple[int, ...], within: tuple[int, ...] = (),
+               within_m: int = 2) -> Tensor:
+    """(N, K) float64 multi-hot labels of the UFM data (samples grouped by label set).
+
+    Example:
+        >>> ufm_labels(3, (2, 1)).sum(0).tolist(), ufm_labels(3, (1, 1), within=(2, 1)).shape[0]
+        ([4.0, 4.0, 4.0], 8)
+    """
+    members, reps = ufm_sets(num_classes, per_set, within, within_m)
     return members.repeat_interleave(reps, dim=0).to(torch.float64)
 
 
@@ -198,7 +279,7 @@ def _data_loss(loss: str, z: Tensor, y: Tensor) -> Tensor:
 
     Equal to :data:`UFM_LOSSES` ``[loss](z, y)`` (tested).
     """
-    if loss == "mse":
+    if loss == "mse_half":
         return 0.5 * (z - y).square().sum(dim=1).mean()
     target = y if loss == "pal" else y / y.sum(dim=1, keepdim=True)
     return -(target * torch.log_softmax(z, dim=1)).sum(dim=1).mean()
@@ -251,11 +332,9 @@ def solve_ufm(cfg: UFMConfig, *, progress: bool = True, device: torch.device | s
         a :class:`UFMSolution`; ``metrics`` are :func:`~nclens.core.metrics.multilabel.compute_multilabel_metrics`
         (multi-label data) or :func:`~nclens.core.metrics.compute_metrics` (singletons only) of (H, W).
     """
-    from rich.progress import BarColumn, Progress, TextColumn
-
     device = torch.device(device) if device is not None else torch.device("cpu")
     k, d = cfg.num_classes, cfg.dim
-    y = ufm_labels(k, cfg.per_set).to(device)
+    y = ufm_labels(k, cfg.per_set, cfg.within, cfg.within_m).to(device)
     n = y.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed)
     x0 = torch.cat([
@@ -277,15 +356,17 @@ def solve_ufm(cfg: UFMConfig, *, progress: bool = True, device: torch.device | s
         return val
 
     iterations, grad_norm, stalls = 0, math.inf, 0
-    columns = (TextColumn("UFM {task.fields[loss]}"), BarColumn(), TextColumn("|∇| {task.fields[g]:.2e}"))
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("ufm", total=cfg.max_iter, loss=cfg.loss, g=float("nan"))
+    with progress_bar(progress, f"UFM {cfg.loss} (L-BFGS iterations)", cfg.max_iter) as advance:
         while iterations < cfg.max_iter:
             before = x.detach().clone()
             opt.step(closure)
-            iterations = int(opt.state[opt._params[0]].get("n_iter", iterations))
+            done = int(opt.state[opt._params[0]].get("n_iter", iterations))
+            advance(min(done, cfg.max_iter) - iterations)
+            iterations = done
             grad_norm = float(_grad(f, x).norm())
-            bar.update(task, completed=min(iterations, cfg.max_iter), g=grad_norm)
+            if not math.isfinite(grad_norm):
+                raise FloatingPointError(f"the UFM solver diverged (gradient norm {grad_norm}) after {iterations} "
+                                         f"L-BFGS iterations; try a smaller init_scale")
             if grad_norm < cfg.tol:
                 break
             stalls = stalls + 1 if torch.equal(before, x.detach()) else 0
@@ -321,7 +402,7 @@ def _solution_metrics(h: Tensor, y: Tensor, w: Tensor) -> dict[str, float]:
 
 # ------------------------------------------------------------------ theory
 def _gap(m: int, k: int, tau: float, weight_m: float) -> float:
-    """δ ≥ 0 solving (m/w_m) δ (m e^δ + K − m) = τ (PAL: w_m = m; normalised CE: w_m = 1)."""
+    """δ ≥ 0 solving (m/w_m) δ (m e^δ + K − m) = τ (``pal``: w_m = m; ``pal_normalized``: w_m = 1)."""
     scale = m / weight_m
 
     def eq(delta: float) -> float:
@@ -333,23 +414,49 @@ def _gap(m: int, k: int, tau: float, weight_m: float) -> float:
     return brentq(eq, 0.0, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
 
 
-def ufm_theory(loss: str, num_classes: int, per_set: tuple[int, ...], wd_w: float, wd_h: float) -> dict[str, Any]:
-    """Predicted optimum of the PAL / normalised-CE UFM from the reduced scalar problem (module doc).
+def _loss_weight(loss: str, m: int) -> float:
+    if loss not in THEORY_LOSSES:
+        raise ValueError(f"the reduced theory covers the losses {list(THEORY_LOSSES)}, got {loss!r}")
+    return float(m) if loss == "pal" else 1.0
+
+
+def ufm_theory(loss: str, num_classes: int, per_set: tuple[int, ...], wd_w: float, wd_h: float, *,
+               totals: dict[int, int] | None = None, alpha: float | None = None) -> dict[str, Any]:
+    """Predicted optimum of the ``pal`` / ``pal_normalized`` UFM from the reduced scalar problem (module doc).
+
+    Args:
+        loss: ``"pal"`` or ``"pal_normalized"``.
+        num_classes: K.
+        per_set: samples per label set by multiplicity (balanced within each multiplicity).
+        wd_w, wd_h: λ_W and λ_H.
+        totals: optional samples per multiplicity {m: N_m} replacing C(K, m)·per_set[m−1] (the
+            prediction for within-imbalanced counts *if* W stayed an ETF).
+        alpha: a fixed classifier row norm (a fixed ETF head): only the δ-stationarity is solved.
 
     Returns:
         ``{"alpha": ‖w_k‖, "gaps": {m: δ_m}, "feature_norms": {m: ‖h_S‖}, "tagwise_scale": {m: c_m},
         "objective": F, "trivial": bool}`` — ``trivial`` when W = H = 0 is optimal.
+
+    Example:
+        >>> round(ufm_theory("pal", 4, (20, 10), 5e-3, 5e-3)["tagwise_scale"][2], 4)
+        1.7104
+        >>> round(ufm_theory("pal_normalized", 4, (20, 10), 5e-3, 5e-3)["tagwise_scale"][2], 4)
+        1.3913
     """
-    if loss not in ("pal", "ce"):
-        raise ValueError(f"the reduced theory covers loss 'pal' or 'ce', got {loss!r}")
     k = int(num_classes)
     per = tuple(int(c) for c in per_set)
-    mults = [m for m, c in enumerate(per, start=1) if c > 0]
+    if totals is None:
+        n_m = {m: math.comb(k, m) * c for m, c in enumerate(per, start=1) if c > 0}
+    else:
+        n_m = {int(m): int(c) for m, c in totals.items() if int(c) > 0}
+    mults = sorted(n_m)
     if 1 not in mults:
         raise ValueError("the theory needs singletons (per_set[0] > 0)")
-    n_m = {m: math.comb(k, m) * per[m - 1] for m in mults}
     n = sum(n_m.values())
-    w_m = {m: (float(m) if loss == "pal" else 1.0) for m in mults}
+    w_m = {m: _loss_weight(loss, m) for m in mults}
+    for name, value in (("wd_w", wd_w), ("wd_h", wd_h)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
     def gaps(alpha: float) -> dict[int, float]:
         tau = alpha**2 * k**2 / (n * wd_h * (k - 1))
@@ -369,14 +476,19 @@ def ufm_theory(loss: str, num_classes: int, per_set: tuple[int, ...], wd_w: floa
         rhs = wd_h * sum(n_m[m] * g[m] ** 2 * m * (k - m) * (k - 1) / k**2 for m in mults)
         return (wd_w * k * alpha**4 - rhs) / (wd_w * k * alpha**4 + rhs)
 
-    grid = np.linspace(-12.0, 8.0, 401)
-    vals = [stationarity(u) for u in grid]
-    candidates = [(0.0, objective(0.0))]
-    for u0, u1, v0, v1 in zip(grid[:-1], grid[1:], vals[:-1], vals[1:]):
-        if v0 < 0 <= v1:  # a minimum of the profile objective (∂F/∂α from − to +)
-            u = brentq(stationarity, u0, u1, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
-            candidates.append((math.exp(u), objective(math.exp(u))))
-    alpha, best = min(candidates, key=lambda t: t[1])
+    if alpha is not None:
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        best = objective(alpha)
+    else:
+        grid = np.linspace(-12.0, 8.0, 401)
+        vals = [stationarity(u) for u in grid]
+        candidates = [(0.0, objective(0.0))]
+        for u0, u1, v0, v1 in zip(grid[:-1], grid[1:], vals[:-1], vals[1:]):
+            if v0 < 0 <= v1:  # a minimum of the profile objective (∂F/∂α from − to +)
+                u = brentq(stationarity, u0, u1, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+                candidates.append((math.exp(u), objective(math.exp(u))))
+        alpha, best = min(candidates, key=lambda t: t[1])
     if alpha == 0.0:
         return {"alpha": 0.0, "gaps": dict.fromkeys(mults, 0.0), "feature_norms": dict.fromkeys(mults, 0.0),
                 "tagwise_scale": {}, "objective": best, "trivial": True}
@@ -390,6 +502,46 @@ def ufm_theory(loss: str, num_classes: int, per_set: tuple[int, ...], wd_w: floa
         "objective": best,
         "trivial": False,
     }
+
+
+def gap_implied_scale(loss: str, num_classes: int, gap_1: float, m: int = 2) -> float:
+    """c_m predicted from the singleton logit gap δ_1 alone (module doc, consequence 3).
+
+    τ = δ_1 (e^{δ_1} + K − 1), δ_m solves (m/w_m) δ_m (m e^{δ_m} + K − m) = τ, c_m = m δ_m/δ_1.
+
+    Example:
+        >>> th = ufm_theory("pal", 4, (20, 10), 5e-3, 5e-3)
+        >>> abs(gap_implied_scale("pal", 4, th["gaps"][1]) - th["tagwise_scale"][2]) < 1e-9
+        True
+    """
+    k = int(num_classes)
+    if not 2 <= m < k:
+        raise ValueError(f"m must lie in [2, K−1] = [2, {k - 1}], got {m}")
+    if not (math.isfinite(gap_1) and gap_1 > 0):
+        raise ValueError(f"the singleton gap must be a finite number > 0, got {gap_1!r}")
+    tau = gap_1 * (math.exp(gap_1) + k - 1) / (1.0 / _loss_weight(loss, 1))
+    return m * _gap(m, k, tau, _loss_weight(loss, m)) / gap_1
+
+
+def scales_by_count(sol: UFMSolution) -> dict[int, dict[int, list[float]]]:
+    """The tag-wise scale c_S of every label set, grouped by multiplicity and by the set's sample count.
+
+    Returns ``{m: {count: [c_S, ...]}}`` (sets of multiplicity m ≥ 2 in lexicographic order within a count).
+    """
+    from nclens.core.metrics.multilabel import tagwise_scales
+    from nclens.core.multilabel import MultiLabelStats, encode_label_sets
+
+    cfg = sol.config
+    members, reps = ufm_sets(cfg.num_classes, cfg.per_set, cfg.within, cfg.within_m)
+    count_of = dict(zip(encode_label_sets(members).tolist(), reps.tolist()))
+    stats = MultiLabelStats(cfg.num_classes).update(sol.features, sol.labels)
+    out: dict[int, dict[int, list[float]]] = {}
+    for m, per in tagwise_scales(stats).items():
+        groups: dict[int, list[float]] = {}
+        for code, c in zip(per["codes"].tolist(), per["scale"].tolist()):
+            groups.setdefault(int(count_of[int(code)]), []).append(float(c))
+        out[int(m)] = dict(sorted(groups.items(), reverse=True))
+    return out
 
 
 def zhu_ce_closed_form(num_classes: int, per_class: int, wd_w: float, wd_h: float) -> dict[str, float]:
@@ -412,3 +564,47 @@ def zhu_ce_closed_form(num_classes: int, per_class: int, wd_w: float, wd_h: floa
         "objective": math.log(1 + (k - 1) * math.exp(-gap)) + rho * gap,
         "trivial": False,
     }
+
+
+def solution_report(sol: UFMSolution) -> dict[str, Any]:
+    """A solved UFM with the comparison to the theory: what ``nclens ufm --json`` writes.
+
+    Keys: ``config``, the :meth:`UFMSolution.summary` (metrics at the top level, the same keys as
+    ``nclens measure``), ``theory`` (:func:`ufm_theory` with ``check`` = absolute errors) for the
+    ``pal`` / ``pal_normalized`` losses, ``zhu_closed_form`` for singletons only with λ_b > 0, and
+    ``tagwise_scale_by_count`` when ``within`` is set.
+    """
+    from dataclasses import asdict
+
+    cfg = sol.config
+    out: dict[str, Any] = {"config": asdict(cfg), **sol.summary()}
+    singletons_only = all(c == 0 for c in cfg.per_set[1:])
+    if cfg.loss in THEORY_LOSSES:
+        members, reps = ufm_sets(cfg.num_classes, cfg.per_set, cfg.within, cfg.within_m)
+        mult = members.sum(1)
+        totals = {int(m): int(reps[mult == m].sum()) for m in torch.unique(mult).tolist()}
+        theory = ufm_theory(cfg.loss, cfg.num_classes, cfg.per_set, cfg.wd_w, cfg.wd_h, totals=totals)
+        check = {"objective_abs_err": abs(theory["objective"] - sol.objective),
+                 "w_row_norm_abs_err": abs(theory["alpha"] - out["weight_row_norm_mean"])}
+        for m, c in theory["tagwise_scale"].items():
+            key = f"tagwise_scale_m{m}"
+            if key in sol.metrics:
+                check[f"{key}_abs_err"] = abs(c - sol.metrics[key])
+        out["theory"] = {**theory, "check": check,
+                         "assumes": "balanced label sets within each multiplicity (Li et al. 2024)"
+                         + (" — NOT the case here (within); shown with the same totals N_m" if cfg.within else "")}
+        if singletons_only and cfg.wd_b > 0:
+            zhu = zhu_ce_closed_form(cfg.num_classes, cfg.per_set[0], cfg.wd_w, cfg.wd_h)
+            out["zhu_closed_form"] = {
+                **zhu,
+                "check": {
+                    "w_norm_abs_err": abs(zhu["w_norm"] - out["weight_row_norm_mean"]),
+                    "h_norm_abs_err": abs(zhu["h_norm"] - out["feature_norm_m1"]),
+                    "objective_abs_err": abs(zhu["objective"] - sol.objective),
+                },
+            }
+    if cfg.within:
+        out["tagwise_scale_by_count"] = {
+            str(m): {str(c): v for c, v in groups.items()} for m, groups in scales_by_count(sol).items()
+        }
+    return out

@@ -75,6 +75,8 @@ SYSTEMS: dict[str, str] = {
 KIND_MODULES: dict[str, str] = {
     "intermediate": "nclens.intermediate.experiment",
     "intermediate-fixed-etf": "nclens.intermediate.experiment",
+    "multilabel": "nclens.multilabel.experiment",
+    "multilabel-ufm": "nclens.multilabel.experiment",
     "bounds-sweep": "nclens.bounds.experiment",
 }
 

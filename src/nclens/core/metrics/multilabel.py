@@ -17,6 +17,20 @@ samples of tag k; μ_G¹ = (1/K) Σ_k μ_k; μ_S the mean of the samples whose l
   relative to the angle between that direction and the pair's own tags (0 = perfect tag-wise average,
   ~1 = the pair mean is as far from the average direction as a single tag is).
 
+* ``tagwise_angle_li`` — the angle metric of Li et al.'s official code (``angle_metric`` in
+  ``utility.py`` of github.com/Heimine/NC_MLab), on *uncentred* means: with μ_i the mean of the
+  samples whose label set is exactly {i} and μ_S the mean of pair set S = {i, j},
+
+      numerator   = mean over observed pair sets S = {i, j} of ∠(μ_i + μ_j, μ_S)   (degrees),
+      denominator = mean over all tag pairs i < j and all observed pair sets S of ∠(μ_i + μ_j, μ_S),
+
+  ``tagwise_angle_li`` = numerator / denominator (0 = every pair mean on the sum of its tags' means;
+  ≈ 1 when the pair means bear no relation to their tags: the denominator is a random-match
+  baseline). ``tagwise_angle_li_deg`` is the numerator itself, the mean pair angle in degrees (the
+  ``np.mean(cur_angle_list)`` the official ``calculate_nc_stats`` also returns). It differs from
+  ``tagwise_angle_ratio`` (centred at μ_G¹, the pair's own tags as the reference); the two are not
+  interchangeable.
+
 Under exact MLab NC (the PAL UFM optimum, see :mod:`nclens.multilabel.ufm`) every metric is 0 except
 ``tagwise_scale_m{m}`` = c_m, the scale of multiplicity m.
 
@@ -70,6 +84,8 @@ __all__ = [
     "tagwise_scale",
     "tagwise_residual",
     "tagwise_angle_ratio",
+    "tagwise_angle_li",
+    "tagwise_angle_li_deg",
     "multilabel_metrics",
     "compute_multilabel_metrics",
 ]
@@ -88,6 +104,8 @@ MULTILABEL_METRIC_NAMES: tuple[str, ...] = (
     "nc3_duality",
     "nc3_etf",
     "tagwise_angle_ratio",
+    "tagwise_angle_li",
+    "tagwise_angle_li_deg",
 )
 
 
@@ -239,6 +257,69 @@ def tagwise_angle_ratio(stats: MultiLabelStats) -> float:
     return float(num / den)
 
 
+def _li_pair_angles(stats: MultiLabelStats) -> tuple[Tensor, Tensor]:
+    """(matched, all) pair angles in degrees of :func:`tagwise_angle_li` (float64).
+
+    matched: (P,) ∠(μ_i + μ_j, μ_S) for each observed pair set S = {i, j}; all: (Q, P) the same angle for
+    every tag pair q = (i < j) against every observed pair set, Q = K(K−1)/2. The matched angles use
+    the stable 2·atan2(‖â − b̂‖, ‖â + b̂‖); the (Q, P) matrix uses arccos of the clamped cosine, with its
+    matched entries replaced by the stable values.
+    """
+    stats = _checked(stats)
+    mu = stats.singles.means.to(torch.float64)  # (K, D) uncentred singleton means
+    members = stats.set_labels.to(mu.device, torch.float64)  # (S, K)
+    pairs = members.sum(1) == 2
+    if not bool(pairs.any()):
+        raise UndefinedMetricError("tagwise_angle_li needs label sets of multiplicity 2 (pairs); none present")
+    pair_means = stats.sets.means[pairs.to(stats.sets.means.device)].to(mu.device, torch.float64)  # (P, D)
+    k = stats.num_tags
+    qi, qj = torch.triu_indices(k, k, offset=1, device=mu.device)  # (Q,) all tag pairs i < j
+    sums = mu[qi] + mu[qj]  # (Q, D)
+    tiny = torch.finfo(torch.float64).tiny
+    if bool((sums.norm(dim=1) <= tiny).any()) or bool((pair_means.norm(dim=1) <= tiny).any()):
+        raise UndefinedMetricError("tagwise_angle_li is undefined: a pair mean or a sum of two singleton means is 0")
+    a = sums / sums.norm(dim=1, keepdim=True)
+    b = pair_means / pair_means.norm(dim=1, keepdim=True)
+    tags = members[pairs].nonzero()[:, 1].reshape(-1, 2)  # (P, 2) the tags i < j of each pair set
+    q_of_pair = tags[:, 0] * k - tags[:, 0] * (tags[:, 0] + 1) // 2 + (tags[:, 1] - tags[:, 0] - 1)  # (P,) row in Q
+    matched = torch.rad2deg(_angle(a[q_of_pair], b))  # (P,)
+    every = torch.rad2deg(torch.arccos((a @ b.T).clamp(-1.0, 1.0)))  # (Q, P)
+    every[q_of_pair, torch.arange(b.shape[0], device=mu.device)] = matched
+    return matched, every
+
+
+def tagwise_angle_li(stats: MultiLabelStats) -> float:
+    """The angle metric of Li et al.'s official code (``angle_metric``, Heimine/NC_MLab ``utility.py``).
+
+    On uncentred means (μ_i: samples whose label set is exactly {i}; μ_S: pair set S = {i, j})::
+
+        mean_S ∠(μ_i + μ_j, μ_S)  /  mean_{i<j, S} ∠(μ_i + μ_j, μ_S)
+
+    the denominator running over *all* tag pairs i < j and *all* observed pair sets S (a random-match
+    baseline). 0 when every pair mean points along the sum of its tags' means; ≈ 1 for pair means
+    unrelated to their tags.
+
+    Example:
+        >>> import torch
+        >>> from nclens.core.multilabel import MultiLabelStats
+        >>> mu = torch.eye(3, dtype=torch.float64)                       # singleton means e_1, e_2, e_3
+        >>> y = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]])
+        >>> h = torch.cat([mu, 3 * (mu[0] + mu[1])[None], (mu[1] + mu[2])[None]])  # pair means on e_i + e_j
+        >>> tagwise_angle_li(MultiLabelStats(3).update(h, y))
+        0.0
+    """
+    matched, every = _li_pair_angles(stats)
+    den = every.mean()
+    if float(den) == 0.0:
+        raise UndefinedMetricError("tagwise_angle_li is undefined: every pair mean lies on every sum of two tags")
+    return float(matched.mean() / den)
+
+
+def tagwise_angle_li_deg(stats: MultiLabelStats) -> float:
+    """The mean pair angle in degrees, mean_S ∠(μ_i + μ_j, μ_S): the numerator of :func:`tagwise_angle_li`."""
+    return float(_li_pair_angles(stats)[0].mean())
+
+
 def _tagwise_scale_family(stats: MultiLabelStats, weight: Tensor | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for m, per in sorted(tagwise_scales(stats).items()):
@@ -255,6 +336,15 @@ def _angle_ratio_if_pairs(stats: MultiLabelStats, weight: Tensor | None) -> dict
     if not bool((_checked(stats).multiplicities == 2).any()):
         return {}  # no pairs: the metric does not apply (left out, not undefined)
     return {"tagwise_angle_ratio": tagwise_angle_ratio(stats)}
+
+
+def _if_pairs(fn):  # noqa: ANN001, ANN202 - a metric that applies only when pairs are present
+    def metric(stats: MultiLabelStats, weight: Tensor | None) -> dict[str, float]:
+        if not bool((_checked(stats).multiplicities == 2).any()):
+            return {}  # no pairs: the metric does not apply (left out, not undefined)
+        return {fn.__name__: fn(stats)}
+
+    return metric
 
 
 def _w64(weight: Tensor) -> Tensor:
@@ -293,6 +383,13 @@ register_metric("tagwise_residual_m{m}", _tagwise_residual_family, family="tag-w
 register_metric("tagwise_angle_ratio", _angle_ratio_if_pairs, family="tag-wise", source="nclens (centred variant)",
                 definition="pairs S = {i, j}: mean_S ∠(μ_S − μ_G¹, μ̄_i + μ̄_j) / mean_{S, k∈S} ∠(μ̄_i + μ̄_j, μ̄_k); "
                 "not comparable with Li et al.'s numbers", **_ML)
+_LI_CODE = "Li et al. 2024, official code github.com/Heimine/NC_MLab utility.py angle_metric"
+register_metric("tagwise_angle_li", _if_pairs(tagwise_angle_li), family="tag-wise", source=_LI_CODE,
+                definition="uncentred means, pairs S = {i, j}: mean_S ∠(μ_i + μ_j, μ_S) / mean over all tag pairs "
+                "i<j and all pair sets S of ∠(μ_i + μ_j, μ_S) (0 = tag-wise average, ≈ 1 = no structure)", **_ML)
+register_metric("tagwise_angle_li_deg", _if_pairs(tagwise_angle_li_deg), family="tag-wise", source=_LI_CODE,
+                definition="mean over pair sets S = {i, j} of ∠(μ_i + μ_j, μ_S) in degrees (the numerator of "
+                "tagwise_angle_li)", **_ML)
 
 
 def multilabel_metrics(
@@ -302,7 +399,8 @@ def multilabel_metrics(
 
     Keys: ``nc1``, ``nc1_sets`` (full scatter only), ``nc2_etf``, ``nc2_equinorm``, ``nc2_equiangular``,
     ``tagwise_scale_m{m}``, ``tagwise_scale_m{m}_std``, ``tagwise_residual_m{m}`` for each m ≥ 2
-    present, ``tagwise_angle_ratio`` (when pairs exist); with ``weight`` also ``nc2_*_w``,
+    present, ``tagwise_angle_ratio``, ``tagwise_angle_li`` and ``tagwise_angle_li_deg`` (when pairs exist);
+    with ``weight`` also ``nc2_*_w``,
     ``nc3_duality`` and ``nc3_etf``. ``names`` and ``on_undefined`` as in
     :func:`~nclens.core.metrics.compute_metrics`.
     """
