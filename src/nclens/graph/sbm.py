@@ -96,7 +96,7 @@ def edge_probability(prob: float, symmetrize: str = "none") -> float:
     the edge is present when either is (max(A, Aᵀ), ``gnn_collapse/data/sbm.py``).
 
     Example:
-        >>> edge_probability(0.025, "max")
+        >>> round(edge_probability(0.025, "max"), 12)
         0.049375
     """
     prob = _check_prob("probability", prob)

@@ -26,7 +26,7 @@ Example:
     >>> from nclens.graph.sbm import sbm_graph
     >>> from nclens.graph.spectral import power_iteration
     >>> ei, y = sbm_graph(200, 2, 0.15, 0.01, seed=0)
-    >>> curve = power_iteration(ei, y, 2, method="bethe", iterations=30)
+    >>> curve = power_iteration(ei, y, 2, method="bethe", iterations=30, every=30)
     >>> curve[-1]["overlap"] > 0.9
     True
 """
