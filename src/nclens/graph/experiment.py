@@ -59,6 +59,7 @@ from nclens.graph.gnn import (
     overlap,
     permutation_invariant_loss,
 )
+from nclens.graph.nc import mean_sd
 from nclens.graph.sbm import SBMDataset, SBMSpec, make_graph
 from nclens.runs.experiment import Experiment, ReportContent, RunConfig, register_experiment, run
 from nclens.runs.folder import RunFolder
@@ -295,15 +296,6 @@ def _seed_row(seed: int, layers: dict[str, Any], spectral: dict[str, Any], histo
     return row
 
 
-def _mean_sd(values: Sequence[float]) -> dict[str, float]:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return {"mean": math.nan, "sd": math.nan, "n": 0}
-    mean = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return {"mean": mean, "sd": sd, "n": len(vals)}
-
-
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± sd (sample sd, n − 1) over seeds of every per-seed number."""
     out: dict[str, Any] = {"seeds": [r["seed"] for r in rows]}
@@ -312,9 +304,9 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         if isinstance(rows[0][key], list):
             depth = len(rows[0][key])
-            out[key] = [_mean_sd([r[key][i] for r in rows]) for i in range(depth)]
+            out[key] = [mean_sd([r[key][i] for r in rows]) for i in range(depth)]
         elif isinstance(rows[0][key], (int, float)) or rows[0][key] is None:
-            out[key] = _mean_sd([r.get(key) for r in rows])
+            out[key] = mean_sd([r.get(key) for r in rows])
     return out
 
 

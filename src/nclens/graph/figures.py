@@ -20,6 +20,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from nclens.graph.nc import mean_sd
 from nclens.report.figures import save_figures
 from nclens.runs.experiment import ReportContent
 from nclens.runs.folder import RunFolder
@@ -60,19 +61,23 @@ def depth_profile(per_seed: list[list[dict[str, Any]]], key: str) -> list[list[f
 
 
 def _mean_sd(columns: list[list[float]]) -> tuple[list[float], list[float]]:
-    means, sds = [], []
-    for values in zip(*columns):
-        vals = [v for v in values if v is not None and math.isfinite(v)]
-        mean = sum(vals) / len(vals) if vals else math.nan
-        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-        means.append(mean)
-        sds.append(sd)
-    return means, sds
+    """Per position, the mean and sample sd over the lists (seeds)."""
+    stats = [mean_sd(values) for values in zip(*columns)]
+    return [s["mean"] for s in stats], [s["sd"] if s["n"] else math.nan for s in stats]
 
 
 def _log_errorbar(ax: Any, xs: list[int], mean: list[float], sd: list[float], **kwargs: Any) -> None:
     lower = [s if m - s > 0 else max(m - 1e-300, 0.0) for m, s in zip(mean, sd)]  # a log axis shows no bar below 0
     ax.errorbar(xs, mean, yerr=[lower, sd], marker="o", ms=3, capsize=2, **kwargs)
+
+
+def _plot_spectral(ax: Any, spectral: list[dict[str, Any]], key: str) -> None:
+    """``key`` of the spectral iterates per iteration (mean over seeds of the mean over graphs), both iterations."""
+    for family, style in (("nclens", "-"), ("official", "--")):
+        for method in (spectral[0].get(family) or {}) if spectral else {}:
+            curves = [s[family][method] for s in spectral if (s.get(family) or {}).get(method)]
+            mean, _ = _mean_sd([[r[key]["mean"] for r in c] for c in curves])
+            ax.plot([r["iteration"] for r in curves[0]], mean, style, marker=".", label=f"{method} ({family})")
 
 
 def fig_nc1_layers(per_seed: list[list[dict[str, Any]]], spectral: list[dict[str, Any]], title: str) -> Figure:
@@ -93,11 +98,7 @@ def fig_nc1_layers(per_seed: list[list[dict[str, Any]]], spectral: list[dict[str
     axes[0].set_title(title)
     axes[0].grid(True, which="both", alpha=0.3)
     axes[0].legend()
-    for family, style in (("nclens", "-"), ("official", "--")):
-        for method in (spectral[0].get(family) or {}) if spectral else {}:
-            curves = [s[family][method] for s in spectral if (s.get(family) or {}).get(method)]
-            mean, _ = _mean_sd([[r["nc1"]["mean"] for r in c] for c in curves])
-            axes[1].plot([r["iteration"] for r in curves[0]], mean, style, marker=".", label=f"{method} ({family})")
+    _plot_spectral(axes[1], spectral, "nc1")
     axes[1].set_yscale("log")
     axes[1].set_xlabel("power iteration")
     axes[1].set_ylabel("NC1 of the iterate")
@@ -120,11 +121,7 @@ def fig_overlap(histories: dict[int, list[dict[str, Any]]], spectral: list[dict[
     axes[0].set_title("GNN training")
     axes[0].grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
-    for family, style in (("nclens", "-"), ("official", "--")):
-        for method in (spectral[0].get(family) or {}) if spectral else {}:
-            curves = [s[family][method] for s in spectral if (s.get(family) or {}).get(method)]
-            mean, _ = _mean_sd([[r["overlap"]["mean"] for r in c] for c in curves])
-            axes[1].plot([r["iteration"] for r in curves[0]], mean, style, marker=".", label=f"{method} ({family})")
+    _plot_spectral(axes[1], spectral, "overlap")
     axes[1].axhline(final, color="k", ls=":", label="GNN (final)")
     axes[1].set_xlabel("power iteration")
     axes[1].set_ylabel("overlap")
@@ -180,15 +177,6 @@ def gnn_figures(run: RunFolder) -> dict[str, Path]:
     return save_figures(run, figures)
 
 
-def _pm(values: list[float]) -> dict[str, float]:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return {"mean": math.nan, "sd": math.nan}
-    mean = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return {"mean": mean, "sd": sd}
-
-
 def layer_table(run: RunFolder, split: str = "test") -> list[dict[str, Any]]:
     """Per layer: each column's mean over seeds of the per-seed mean over graphs (and ``nc1_sd``: sd over seeds,
     or over graphs for one seed)."""
@@ -202,9 +190,9 @@ def layer_table(run: RunFolder, split: str = "test") -> list[dict[str, Any]]:
         for col in LAYER_COLUMNS:
             vals = [(seed[i].get(col) or {}).get("mean", math.nan) for seed in per_seed]
             if any(v is not None and math.isfinite(v) for v in vals):
-                row[col] = _pm(vals)["mean"]
+                row[col] = mean_sd(vals)["mean"]
         vals = [(seed[i].get("nc1") or {}).get("mean", math.nan) for seed in per_seed]
-        row["nc1_sd"] = _pm(vals)["sd"] if len(per_seed) > 1 else (rec.get("nc1") or {}).get("std")
+        row["nc1_sd"] = mean_sd(vals)["sd"] if len(per_seed) > 1 else (rec.get("nc1") or {}).get("std")
         rows.append(row)
     return rows
 
@@ -221,14 +209,14 @@ def gnn_report(run: RunFolder) -> ReportContent:
     seeds_json = run.read_json("seeds.json") if run.exists("seeds.json") else []
     rows = layer_table(run)
     if seeds_json:
-        ov = _pm([r["test_overlap"] for r in seeds_json])
+        ov = mean_sd([r["test_overlap"] for r in seeds_json])
         head = {"seeds": len(seeds_json), "test_overlap": ov["mean"], "test_overlap_sd_seeds": ov["sd"]}
         if rows:
             head["nc1_input"] = rows[0].get("nc1")
             head["nc1_last_layer"] = rows[-1].get("nc1")
         for key in seeds_json[0]:
             if key.startswith("spectral_") and key.endswith("_overlap"):
-                head[key] = _pm([r.get(key) for r in seeds_json])["mean"]
+                head[key] = mean_sd([r.get(key) for r in seeds_json])["mean"]
         content.headline.append(head)
         content.tables["per seed"] = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in seeds_json]
     if rows:
@@ -237,8 +225,8 @@ def gnn_report(run: RunFolder) -> ReportContent:
     heads = [_out_records(_read(run, s, "layers.json"))[-1] for s in seeds]
     if heads:
         content.tables["head NC (last layer, W1/W2 of the final GraphConv; test graphs)"] = [
-            {"metric": col, "mean": _pm([(h.get(col) or {}).get("mean", math.nan) for h in heads])["mean"],
-             "sd_seeds": _pm([(h.get(col) or {}).get("mean", math.nan) for h in heads])["sd"]}
+            {"metric": col, "mean": mean_sd([(h.get(col) or {}).get("mean", math.nan) for h in heads])["mean"],
+             "sd_seeds": mean_sd([(h.get(col) or {}).get("mean", math.nan) for h in heads])["sd"]}
             for col in HEAD_COLUMNS if any(col in h for h in heads)
         ]
     graphs = _read(run, seeds[0], "graphs.json") if seeds else None
@@ -259,13 +247,13 @@ def gnn_summary_text(run: RunFolder) -> str:
         lines.append(format_table(table, title="per layer (test graphs)").rstrip())
     seeds_json = run.read_json("seeds.json") if run.exists("seeds.json") else []
     if seeds_json:
-        ov = _pm([r["test_overlap"] for r in seeds_json])
+        ov = mean_sd([r["test_overlap"] for r in seeds_json])
         n = len(seeds_json)
         lines.append(f"test overlap {ov['mean']:.4f} ± {ov['sd']:.4f} (sd over {n} seeds)" if n > 1 else
                      f"test overlap {ov['mean']:.4f} ± {seeds_json[0]['test_overlap_std']:.4f} (sd over test graphs)")
         for key in seeds_json[0]:
             if key.startswith("spectral_") and key.endswith("_overlap"):
-                lines.append(f"{key}: {_pm([r.get(key) for r in seeds_json])['mean']:.4f}")
+                lines.append(f"{key}: {mean_sd([r.get(key) for r in seeds_json])['mean']:.4f}")
     return "\n".join(lines)
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "trace_ratio_bounds",
     "trace_ratios",
     "summarize",
+    "mean_sd",
 ]
 
 
@@ -253,6 +254,21 @@ def trace_ratios(
         else:
             out.update({f"{tag}_{k}": math.nan for k in ("ratio", "pred", "lower", "upper")})
     return out
+
+
+def mean_sd(values: Iterable[float | None]) -> dict[str, float]:
+    """Mean, sample standard deviation (n − 1; 0 for one value) and count of the finite ``values`` (NaN if none).
+
+    Example:
+        >>> mean_sd([1.0, 3.0, None, float("nan")])
+        {'mean': 2.0, 'sd': 1.4142135623730951, 'n': 2}
+    """
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return {"mean": math.nan, "sd": math.nan, "n": 0}
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "n": len(vals)}
 
 
 def summarize(records: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float]]:
