@@ -30,6 +30,6 @@ def test_paper_gufm_collapses_on_regular_sbm_and_plateaus_on_plain_sbm(tmp_path)
     res = json.loads((out / "summary.json").read_text())["results"]
     reg, plain = res["sbm-regular"], res["sbm"]
     assert reg["structural_condition_holds"] and not plain["structural_condition_holds"]
-    assert reg["final"]["nc1"] < 1e-6
+    assert reg["final"]["nc1"] < 1e-5
     mid, end = plain["report_epochs"]
     assert end["nc1"] > 1e-3 and end["grad_norm"] < mid["grad_norm"]
