@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("torch_geometric")
-
-from nclens.graph.gufm import structural_condition  # noqa: E402
-from nclens.graph.sbm import (  # noqa: E402
+from nclens.graph.sbm import (
     SBMDataset,
     SBMSpec,
     _triu_pair,
     degrees_per_class,
+    edge_counts,
+    edge_probability,
+    expected_edge_counts,
     regular_degrees,
     sbm_graph,
     sbm_regular_graph,
@@ -36,32 +36,51 @@ def test_triu_pair_is_the_row_major_upper_triangle():
         assert torch.equal(i, ref[0]) and torch.equal(j, ref[1])
 
 
-@pytest.mark.parametrize("method", ["sparse", "pyg"])
-def test_sbm_edge_densities_within_binomial_bounds(method):
+@pytest.mark.parametrize("symmetrize", ["none", "max"])
+@pytest.mark.parametrize("method", ["sparse", "dense", "pyg"])
+def test_sbm_edge_counts_match_the_stated_probabilities(method, symmetrize):
+    """Both samplers, every method: within/across edge counts within 5 sd of Binomial(#pairs, p′)."""
+    if method == "pyg":
+        pytest.importorskip("torch_geometric")
     n_nodes, c, p, q = 600, 3, 0.08, 0.01
     n = n_nodes // c
-    within_pairs, across_pairs = c * n * (n - 1) // 2, c * (c - 1) // 2 * n * n
     within = across = 0
     for seed in range(3):
-        ei, y = sbm_graph(n_nodes, c, p, q, seed=seed, method=method)
+        ei, y = sbm_graph(n_nodes, c, p, q, seed=seed, method=method, symmetrize=symmetrize)
         assert _is_simple_undirected(ei, n_nodes)
         assert torch.equal(y, torch.arange(n_nodes) // n)
-        same = y[ei[0]] == y[ei[1]]
-        within += int(same.sum()) // 2
-        across += int((~same).sum()) // 2
-    for count, pairs, prob in ((within, 3 * within_pairs, p), (across, 3 * across_pairs, q)):
-        mean, sd = pairs * prob, math.sqrt(pairs * prob * (1 - prob))
-        assert abs(count - mean) < 5 * sd, (count, mean, sd)
+        w, a = edge_counts(ei, y)
+        within, across = within + w, across + a
+    e = expected_edge_counts(n_nodes, c, p, q, symmetrize)
+    assert e["p_edge"] == pytest.approx(p if symmetrize == "none" else 2 * p - p * p, rel=1e-14)
+    for count, mean, sd in ((within, e["within_mean"], e["within_sd"]), (across, e["across_mean"], e["across_sd"])):
+        assert abs(count - 3 * mean) < 5 * math.sqrt(3) * sd, (count, 3 * mean, sd)
+
+
+def test_the_official_construction_is_max_of_a_and_its_transpose():
+    """method="dense", symmetrize="max" is the official SBM.generate_single_graph: Adj = rand < M, zero
+    diagonal, max(Adj, Adjᵀ) — re-derived here from the same uniform draws."""
+    n_nodes, c, p, q = 60, 2, 0.3, 0.05
+    ei, y = sbm_graph(n_nodes, c, p, q, seed=4, method="dense", symmetrize="max")
+    gen = torch.Generator().manual_seed(4)
+    m = torch.where(y[:, None] == y[None, :], p, q)
+    adj = (torch.rand(n_nodes, n_nodes, generator=gen, dtype=torch.float64) < m).int()
+    adj = adj * (1 - torch.eye(n_nodes, dtype=torch.int))
+    adj = torch.maximum(adj, adj.T)
+    assert torch.equal(ei, adj.nonzero().T)
+    assert edge_probability(0.025, "max") == pytest.approx(0.049375) and edge_probability(0.025) == 0.025
+    with pytest.raises(ValueError, match="symmetrize"):
+        edge_probability(0.1, "min")
 
 
 def test_sbm_is_seeded_and_leaves_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a, _ = sbm_graph(200, 2, 0.1, 0.02, seed=5, method="pyg")
+    a, _ = sbm_graph(200, 2, 0.1, 0.02, seed=5, method="dense", symmetrize="max")
     after = torch.rand(1)
     assert torch.equal(before, after)
-    assert torch.equal(a, sbm_graph(200, 2, 0.1, 0.02, seed=5, method="pyg")[0])
+    assert torch.equal(a, sbm_graph(200, 2, 0.1, 0.02, seed=5, method="dense", symmetrize="max")[0])
     assert torch.equal(sbm_graph(200, 2, 0.1, 0.02, seed=5)[0], sbm_graph(200, 2, 0.1, 0.02, seed=5)[0])
     assert not torch.equal(sbm_graph(200, 2, 0.1, 0.02, seed=5)[0], sbm_graph(200, 2, 0.1, 0.02, seed=6)[0])
 
@@ -85,31 +104,25 @@ def test_regular_sbm_swaps_randomise_the_wiring():
     assert torch.equal(mixed, sbm_regular_graph(200, 2, 6, 2, seed=3)[0])
 
 
-def test_structural_condition_regular_vs_plain():
-    homo = structural_condition(*sbm_regular_graph(200, 2, 8, 2, seed=0))
-    assert homo.holds and homo.gap == 0.0
-    assert torch.allclose(homo.fractions, torch.tensor([[0.8, 0.2], [0.2, 0.8]], dtype=torch.float64))
-    hetero = structural_condition(*sbm_regular_graph(200, 2, 2, 6, seed=0))  # heterophilic too
-    assert hetero.holds
-    plain = structural_condition(*sbm_graph(200, 2, 0.08, 0.02, seed=0))
-    assert not plain.holds and plain.gap > 0.1
-
-
-def test_structural_condition_gap_on_a_hand_made_graph():
-    # Path 0-1-2-3 with labels 0,0,1,1: node 0 sees {0}: F=(1,0); node 1 sees {0,2}: F=(.5,.5).
-    ei = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
-    res = structural_condition(ei, torch.tensor([0, 0, 1, 1]), 2)
-    assert not res.holds and res.gap == pytest.approx(0.5)
-    assert torch.allclose(res.fractions, torch.tensor([[0.75, 0.25], [0.25, 0.75]], dtype=torch.float64))
-
-
 def test_regular_degrees_and_spec():
     assert regular_degrees(1000, 2, 0.025, 0.0017) == (12, 1)
+    # the official SBMRegular: ceil(p N / C); 13·500 is even, so 13 stays; C = 4: ceil(25) = 25, ceil(1.7) = 2
+    assert regular_degrees(1000, 2, 0.025, 0.0017, rule="ceil") == (13, 1)
+    assert regular_degrees(1000, 4, 0.1, 0.0068, rule="ceil") == (25, 2)
+    assert regular_degrees(30, 2, 0.2, 0.0, rule="ceil") == (2, 0)  # ceil(3) = 3, 15·3 odd and 3 > 2 -> 2
     spec = SBMSpec(kind="sbm-regular", num_nodes=1000, num_classes=2, p=0.025, q=0.0017)
     assert spec.effective_pq() == (12 / 499, 1 / 500)
+    official = SBMSpec(kind="sbm", num_nodes=1000, num_classes=2, p=0.025, q=0.0017, symmetrize="max")
+    assert official.effective_pq() == pytest.approx((0.049375, 1 - (1 - 0.0017) ** 2))
     ds = SBMDataset(SBMSpec(num_nodes=60, num_classes=2, p=0.2, q=0.05, feature_dim=3), 2, seed=0)
     assert len(ds) == 2 and ds[0].x.shape == (60, 3) and ds[0].x.dtype == torch.float32
     assert not torch.equal(ds[0].x, ds[1].x)
+    stats = ds.edge_statistics()
+    assert stats["within_measured"] == sum(edge_counts(g.edge_index, g.y)[0] for g in ds.graphs) / 2
+    assert stats["within_mean"] == pytest.approx(2 * 30 * 29 / 2 * 0.2)
+    reg = SBMDataset(SBMSpec(kind="sbm-regular", num_nodes=60, num_classes=2, p=0.2, q=0.05, degree_rule="ceil"), 1)
+    rs = reg.edge_statistics()
+    assert (rs["k_in"], rs["k_out"]) == (6, 2) and rs["within_measured"] == rs["within_mean"] == 60 * 6 / 2
 
 
 def test_bad_inputs_are_named():
@@ -121,3 +134,7 @@ def test_bad_inputs_are_named():
         sbm_regular_graph(30, 2, 3, 1)  # n*k_in = 15*3 odd
     with pytest.raises(ValueError, match="kind"):
         SBMSpec(kind="erdos")
+    with pytest.raises(ValueError, match="degree_rule"):
+        SBMSpec(degree_rule="floor")
+    with pytest.raises(ValueError, match="method"):
+        sbm_graph(100, 2, 0.1, 0.1, method="networkx")

@@ -31,16 +31,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from nclens.core.metrics import nc1
 from nclens.core.stats import ClassStats
-from nclens.graph.gnn import mean_aggregate
 from nclens.graph.sbm import degrees_per_class
 
-__all__ = ["StructuralCondition", "structural_condition", "GUFMConfig", "GUFMResult", "gufm_grads", "solve_gufm"]
+__all__ = ["StructuralCondition", "structural_condition", "GUFMConfig", "GUFMResult", "GUFMSolver", "gufm_grads",
+           "solve_gufm"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,11 @@ def structural_condition(
 
 @dataclass(frozen=True)
 class GUFMConfig:
-    """Hyper-parameters of :func:`solve_gufm`.
+    """Hyper-parameters of :func:`solve_gufm` / :class:`GUFMSolver`.
+
+    The official settings (``configs/final/ufm/*.json``, ``gufm.py``): d = 8 (C = 2) or 16 (C = 4),
+    λ_W1 = λ_W2 = λ_H = 0.005, lr = 0.1, W1, W2, H ~ N(0, 1) (``init_std=1``), 50,000 epochs over
+    10 graphs. nclens 0.1's ``nclens gufm``: lr = 10, ``init_std=0.1``, 300 epochs on 2 graphs.
 
     Attributes:
         dim: d, the feature dimension.
@@ -111,7 +116,7 @@ class GUFMConfig:
         use_w1: include the root weight W1 (``False``: W1 ≡ 0, the model H ↦ W2 H Â).
         init_std: std of the N(0, σ²) initialisation of W1, W2, H.
         seed: seed of the initialisation.
-        log_every: record loss and NC1 every this many epochs (and at the last one).
+        log_every: record loss, NC1 and the gradient norm every this many epochs (and at the last one).
     """
 
     dim: int = 8
@@ -126,13 +131,16 @@ class GUFMConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.dim < 1:
-            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"gufm dim must be an integer >= 1, got {self.dim!r}")
         for name in ("wd_w1", "wd_w2", "wd_h"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("lr", "init_std"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if self.epochs < 1 or self.log_every < 1:
             raise ValueError(f"epochs and log_every must be >= 1, got {self.epochs}, {self.log_every}")
 
@@ -145,7 +153,7 @@ class GUFMResult:
         w1_: (C, d) root weight (zeros when ``use_w1`` is False).
         w2_: (C, d) neighbour weight.
         h_: per graph, the (N_g, d) node features (rows = nodes, i.e. H_gᵀ).
-        history_: records ``{"epoch", "loss", "nc1", "nc1_ha"}`` (NC1 of H and H Â pooled over graphs).
+        history_: the :meth:`GUFMSolver.record` of every logged epoch.
     """
 
     w1_: Tensor
@@ -182,9 +190,15 @@ def gufm_grads(
     Returns:
         ``(loss, ∇X, ∇W1, ∇W2)`` with loss = (1/2N)‖R‖² + λ_W1/2‖W1‖² + λ_W2/2‖W2‖² + λ_H/2‖X‖².
     """
-    n = x.shape[0]
     inv_deg = 1.0 / deg.clamp_min(1.0)
     m = torch.sparse.mm(adj.t(), x) * inv_deg[:, None]  # (N, d): mean of neighbours = Âᵀ X
+    back = lambda v: torch.sparse.mm(adj, v * inv_deg[:, None])  # noqa: E731  (N, d): Â v
+    return _grads(x, m, back, w1, w2, y_onehot, wd)
+
+
+def _grads(x: Tensor, m: Tensor, back: Callable[[Tensor], Tensor], w1: Tensor, w2: Tensor, y_onehot: Tensor,
+           wd: tuple[float, float, float]) -> tuple[float, Tensor, Tensor, Tensor]:
+    n = x.shape[0]
     r = x @ w1.T + m @ w2.T - y_onehot  # (N, C)
     lw1, lw2, lh = wd
     loss = 0.5 * float(r.square().sum()) / n + 0.5 * (
@@ -192,23 +206,145 @@ def gufm_grads(
     )
     g_w1 = r.T @ x / n + lw1 * w1
     g_w2 = r.T @ m / n + lw2 * w2
-    back = torch.sparse.mm(adj, (r @ w2) * inv_deg[:, None])  # (N, d): Â (R W2)
-    g_x = (r @ w1 + back) / n + lh * x
+    g_x = (r @ w1 + back(r @ w2)) / n + lh * x
     return loss, g_x, g_w1, g_w2
 
 
-def _pooled_nc1(xs: Sequence[Tensor], graphs: Sequence[tuple[Tensor, Tensor]], c: int) -> tuple[float, float]:
-    s_h, s_ha = ClassStats(num_classes=c), ClassStats(num_classes=c)
-    for x, (ei, y) in zip(xs, graphs):
-        s_h.update(x, y.to(x.device))
-        s_ha.update(mean_aggregate(x, ei.to(x.device), x.shape[0]), y.to(x.device))
-    out = []
-    for s in (s_h, s_ha):
-        try:
-            out.append(nc1(s))
-        except ValueError:  # all class means coincide (e.g. the trivial minimiser H = 0)
-            out.append(math.nan)
-    return out[0], out[1]
+class GUFMSolver:
+    """Cyclic float64 gradient descent on the gUFM, one step per graph in turn — checkpointable.
+
+    The step for graph g uses that graph's term (with the weight decays), and W1, W2, H_g are updated
+    from gradients at the same point (the official ``gufm.py`` ``train_loop``). ``state_dict()`` /
+    ``load_state_dict()`` hold the epoch and every parameter, so a resumed solve continues exactly.
+
+    The reported ``grad_norm`` is the norm of the gradient of the objective Σ_g L_g (each L_g with its
+    weight decays, the sum the cyclic steps descend) at the current point:
+    √(‖Σ_g ∇_W1 L_g‖² + ‖Σ_g ∇_W2 L_g‖² + Σ_g ‖∇_{H_g} L_g‖²) — 0 exactly at a stationary point, so an
+    NC1 that stays flat while ``grad_norm`` → 0 is a plateau (a non-collapsed stationary point), and
+    one that still falls while ``grad_norm`` is not small is slow convergence.
+    """
+
+    def __init__(self, graphs: Sequence[tuple[Tensor, Tensor]], num_classes: int, config: GUFMConfig = GUFMConfig(),
+                 *, device: torch.device | str | None = None) -> None:
+        from nclens.graph.gnn import mean_operator
+
+        if not graphs:
+            raise ValueError("the gUFM needs at least one graph")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.config = config
+        self.num_classes = c = num_classes
+        gen = torch.Generator().manual_seed(config.seed)
+        self.graphs = [(ei, torch.as_tensor(y).long()) for ei, y in graphs]
+        self.ops, self.targets, self.hs = [], [], []
+        for ei, y in self.graphs:
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
+                raise ValueError(f"labels must lie in [0, {c - 1}], got [{int(y.min())}, {int(y.max())}]")
+            n = y.numel()
+            p, p_t = mean_operator(ei.to(self.device), n, dtype=torch.float64)
+            self.ops.append((p, p_t))
+            self.targets.append(torch.nn.functional.one_hot(y, c).to(self.device, torch.float64))
+            self.hs.append((config.init_std * torch.randn(n, config.dim, generator=gen, dtype=torch.float64))
+                           .to(self.device))
+        self.w1 = (config.init_std * torch.randn(c, config.dim, generator=gen, dtype=torch.float64)).to(self.device)
+        self.w2 = (config.init_std * torch.randn(c, config.dim, generator=gen, dtype=torch.float64)).to(self.device)
+        if not config.use_w1:
+            self.w1.zero_()
+        self.wd = (config.wd_w1 if config.use_w1 else 0.0, config.wd_w2, config.wd_h)
+        self.epoch = 0
+        self.last_loss = math.nan
+
+    def _grads(self, g: int) -> tuple[float, Tensor, Tensor, Tensor]:
+        p, p_t = self.ops[g]
+        x = self.hs[g]
+        return _grads(x, p @ x, lambda v: p_t @ v, self.w1, self.w2, self.targets[g], self.wd)
+
+    def run_epoch(self) -> float:
+        """One pass over the graphs (one step each); returns the mean of the graphs' losses before their steps.
+
+        Raises:
+            FloatingPointError: the loss is not finite (the message names the epoch and ``lr``).
+        """
+        lr = self.config.lr
+        total = 0.0
+        for g in range(len(self.hs)):
+            loss, g_x, g_w1, g_w2 = self._grads(g)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"gUFM diverged at epoch {self.epoch + 1}, graph {g} (loss {loss}); lower solver.lr (now {lr:g})"
+                )
+            total += loss
+            self.hs[g] = self.hs[g] - lr * g_x
+            if self.config.use_w1:
+                self.w1 = self.w1 - lr * g_w1
+            self.w2 = self.w2 - lr * g_w2
+        self.epoch += 1
+        self.last_loss = total / len(self.hs)
+        return self.last_loss
+
+    def objective_and_grad_norm(self) -> tuple[float, float]:
+        """(Σ_g L_g / G, ‖∇ Σ_g L_g‖) at the current point (see the class docstring)."""
+        total, sq_h = 0.0, 0.0
+        g_w1 = torch.zeros_like(self.w1)
+        g_w2 = torch.zeros_like(self.w2)
+        for g in range(len(self.hs)):
+            loss, gx, gw1, gw2 = self._grads(g)
+            total += loss
+            sq_h += float(gx.square().sum())
+            g_w1 += gw1
+            g_w2 += gw2
+        sq = sq_h + float(g_w2.square().sum()) + (float(g_w1.square().sum()) if self.config.use_w1 else 0.0)
+        return total / len(self.hs), math.sqrt(sq)
+
+    def stats(self) -> tuple[ClassStats, ClassStats]:
+        """ClassStats of H and of H Â pooled over the graphs."""
+        s_h, s_ha = ClassStats(num_classes=self.num_classes), ClassStats(num_classes=self.num_classes)
+        for x, (p, _), (_, y) in zip(self.hs, self.ops, self.graphs):
+            s_h.update(x, y.to(x.device))
+            s_ha.update(p @ x, y.to(x.device))
+        return s_h, s_ha
+
+    def record(self) -> dict[str, float]:
+        """``{epoch, loss, objective, grad_norm, nc1, nc1_ha, nc1_graph_mean}`` + the head NC set of :func:`head_nc`.
+
+        ``nc1``/``nc1_ha`` are of H and H Â pooled over the graphs (nclens); ``nc1_graph_mean`` the mean
+        over graphs of each graph's NC1 of H (the official tracker's ``plot_NC1_H`` averages per graph).
+        """
+        from nclens.graph.nc import head_nc
+
+        objective, grad_norm = self.objective_and_grad_norm()
+        s_h, s_ha = self.stats()
+        per_graph = []
+        for x, (_, y) in zip(self.hs, self.graphs):
+            per_graph.append(_nan_metric(nc1, ClassStats(num_classes=self.num_classes).update(x, y.to(x.device))))
+        finite = [v for v in per_graph if math.isfinite(v)]
+        rec = {"epoch": self.epoch, "loss": self.last_loss, "objective": objective, "grad_norm": grad_norm,
+               "nc1": _nan_metric(nc1, s_h), "nc1_ha": _nan_metric(nc1, s_ha),
+               "nc1_graph_mean": sum(finite) / len(finite) if finite else math.nan}
+        rec.update(head_nc(s_h, s_ha, self.w1 if self.config.use_w1 else None, self.w2))
+        return rec
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch and every parameter (tensors on the CPU)."""
+        return {"epoch": self.epoch, "last_loss": self.last_loss, "w1": self.w1.cpu(), "w2": self.w2.cpu(),
+                "h": [x.cpu() for x in self.hs]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (shapes are checked)."""
+        hs = list(state["h"])
+        if len(hs) != len(self.hs) or any(a.shape != b.shape for a, b in zip(hs, self.hs)) or \
+                state["w1"].shape != self.w1.shape or state["w2"].shape != self.w2.shape:
+            raise ValueError("the gUFM checkpoint does not fit these graphs and dimensions (was the config changed?)")
+        self.epoch = int(state["epoch"])
+        self.last_loss = float(state["last_loss"])
+        self.w1, self.w2 = state["w1"].to(self.device, torch.float64), state["w2"].to(self.device, torch.float64)
+        self.hs = [x.to(self.device, torch.float64) for x in hs]
+
+
+def _nan_metric(fn: Callable[[ClassStats], float], s: ClassStats) -> float:
+    try:
+        return float(fn(s))
+    except ValueError:  # all class means coincide (e.g. the trivial minimiser H = 0)
+        return math.nan
 
 
 def solve_gufm(
@@ -227,7 +363,7 @@ def solve_gufm(
         num_classes: C.
         config: :class:`GUFMConfig`.
         device: where to compute (default CPU).
-        progress: show a rich progress bar.
+        progress: show a progress bar.
         callback: called with every history record.
 
     Returns:
@@ -240,55 +376,17 @@ def solve_gufm(
         >>> len(res.history_)
         1
     """
-    if not graphs:
-        raise ValueError("solve_gufm needs at least one graph")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    gen = torch.Generator().manual_seed(config.seed)
-    c, d = num_classes, config.dim
-    prepared = []
-    xs = []
-    for ei, y in graphs:
-        y = torch.as_tensor(y).long()
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
-            raise ValueError(f"labels must lie in [0, {c - 1}], got [{int(y.min())}, {int(y.max())}]")
-        n = y.numel()
-        adj, deg = _adjacency(ei, n, dev)
-        onehot = torch.nn.functional.one_hot(y, c).to(dev, torch.float64)
-        prepared.append((adj, deg, onehot))
-        xs.append((config.init_std * torch.randn(n, d, generator=gen, dtype=torch.float64)).to(dev))
-    w1 = (config.init_std * torch.randn(c, d, generator=gen, dtype=torch.float64)).to(dev)
-    w2 = (config.init_std * torch.randn(c, d, generator=gen, dtype=torch.float64)).to(dev)
-    if not config.use_w1:
-        w1.zero_()
-    wd = (config.wd_w1 if config.use_w1 else 0.0, config.wd_w2, config.wd_h)
+    from nclens.core.console import progress_bar
+
+    solver = GUFMSolver(graphs, num_classes, config, device=device)
     history: list[dict[str, float]] = []
-    lr = config.lr
-
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (TextColumn("gUFM"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("gufm", total=config.epochs, info="")
-        for epoch in range(1, config.epochs + 1):
-            total = 0.0
-            for g, (adj, deg, onehot) in enumerate(prepared):
-                loss, g_x, g_w1, g_w2 = gufm_grads(xs[g], w1, w2, onehot, adj, deg, wd)
-                total += loss
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"gUFM diverged at epoch {epoch} (loss {loss}); lower the learning rate (lr={lr})"
-                    )
-                xs[g] = xs[g] - lr * g_x
-                if config.use_w1:
-                    w1 = w1 - lr * g_w1
-                w2 = w2 - lr * g_w2
-            if epoch % config.log_every == 0 or epoch == config.epochs:
-                n1, n1a = _pooled_nc1(xs, graphs, c)
-                record = {"epoch": epoch, "loss": total / len(prepared), "nc1": n1, "nc1_ha": n1a}
+    with progress_bar(progress, "gUFM", config.epochs) as advance:
+        while solver.epoch < config.epochs:
+            solver.run_epoch()
+            if solver.epoch % config.log_every == 0 or solver.epoch == config.epochs:
+                record = solver.record()
                 history.append(record)
                 if callback is not None:
                     callback(record)
-                bar.update(task, info=f"loss {record['loss']:.3e} nc1 {n1:.2e}")
-            bar.advance(task)
-    return GUFMResult(w1_=w1, w2_=w2, h_=xs, history_=history)
+            advance()
+    return GUFMResult(w1_=solver.w1, w2_=solver.w2, h_=solver.hs, history_=history)

@@ -3,18 +3,30 @@
 Two generators, both pure functions of their arguments and a seed:
 
 * :func:`sbm_graph` — the stochastic block model: C blocks of n = N/C nodes, every pair of distinct
-  nodes joined independently with probability p inside a block and q across blocks (homophilic
-  p > q, heterophilic p < q), no self-loops, undirected. Sampled in O(N + E) (binomial edge
-  counts per block pair, uniform edge subsets), or with torch_geometric's
-  ``stochastic_blockmodel_graph`` (``method="pyg"``, O(N²)), under a private seeded random state.
+  nodes joined independently inside a block and across blocks (homophilic p > q, heterophilic
+  p < q), no self-loops, undirected. Two samplers (``symmetrize``):
+
+  - ``"none"`` (nclens's): each unordered pair is drawn once, so an edge appears with probability
+    exactly p (q);
+  - ``"max"`` (the official code's, ``gnn_collapse/data/sbm.py``, ``SBM.generate_single_graph``): the
+    full N×N Bernoulli matrix is drawn and symmetrised with max(A, Aᵀ), so an edge appears with
+    probability 1 − (1 − p)² = 2p − p² ≈ 2p (likewise for q): twice the nominal density.
+
+  Both are O(N + E) (``method="sparse"``: binomial edge counts per block pair, uniform edge subsets;
+  for ``"max"`` the pairs are independent with probability 1 − (1 − p)², which *is* the
+  distribution of max(A, Aᵀ)). ``method="dense"`` draws the full N×N matrix as the official code
+  does (O(N²), a reference), ``method="pyg"`` uses torch_geometric's ``stochastic_blockmodel_graph``
+  (O(N²)); all under a private seeded random state.
 * :func:`sbm_regular_graph` — the regular SBM: every node has *exactly* k_in neighbours in its own
   block and k_out neighbours in every other block. Built as a relabelled circulant (k_in-regular
   inside a block, k_out-regular bipartite between two blocks) and then randomised with rounds of
   degree- and block-preserving double-edge swaps (a vectorised version of the classical
-  switch chain), so degrees stay exact while the wiring is random.
+  switch chain), so degrees stay exact while the wiring is random. The degrees matching SBM(p, q)
+  are :func:`regular_degrees`: nclens's rule k = round(p(n − 1)), or the official rule
+  (``SBMRegular.generate_single_graph``) k = ⌈p N / C⌉.
 
 Node features are i.i.d. N(0, 1) of dimension d (:func:`gaussian_node_features`), and
-:class:`SBMDataset` is a thin, seeded list of ``torch_geometric.data.Data`` graphs (x, edge_index, y).
+:class:`SBMDataset` is a thin, seeded list of :class:`SBMGraph` (x, edge_index, y; no torch_geometric needed).
 
 Labels are the block indices 0..C−1, node i of block c = i // n (nodes are ordered by block).
 
@@ -41,9 +53,23 @@ __all__ = [
     "block_labels",
     "gaussian_node_features",
     "degrees_per_class",
+    "edge_probability",
+    "edge_counts",
+    "expected_edge_counts",
+    "SYMMETRIZE",
+    "DEGREE_RULES",
     "make_graph",
+    "SBMGraph",
     "SBMDataset",
 ]
+
+
+#: The SBM samplers: "none" — each unordered pair once with probability p; "max" — max(A, Aᵀ) of a full
+#: Bernoulli(p) matrix, as the official code (edge probability 1 − (1 − p)²).
+SYMMETRIZE = ("none", "max")
+#: Degrees of the regular SBM matching SBM(p, q): "round" — round(p(n−1)), round(q n); "ceil" — the
+#: official ⌈p N/C⌉, ⌈q N/C⌉ (lowered to even when n·k is odd and k > 2, as the official code does).
+DEGREE_RULES = ("round", "ceil")
 
 
 def _check_sizes(num_nodes: int, num_classes: int) -> int:
@@ -61,6 +87,24 @@ def _check_prob(name: str, value: float) -> float:
     if not (0.0 <= value <= 1.0) or math.isnan(value):
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
     return value
+
+
+def edge_probability(prob: float, symmetrize: str = "none") -> float:
+    """Probability that a given pair of distinct nodes is joined, for nominal probability ``prob``.
+
+    ``"none"``: prob. ``"max"``: 1 − (1 − prob)² — A_ij and A_ji are independent Bernoulli(prob) and
+    the edge is present when either is (max(A, Aᵀ), ``gnn_collapse/data/sbm.py``).
+
+    Example:
+        >>> round(edge_probability(0.025, "max"), 12)
+        0.049375
+    """
+    prob = _check_prob("probability", prob)
+    if symmetrize == "none":
+        return prob
+    if symmetrize == "max":
+        return 1.0 - (1.0 - prob) ** 2
+    raise ValueError(f"symmetrize must be one of {SYMMETRIZE}, got {symmetrize!r}")
 
 
 def block_labels(num_nodes: int, num_classes: int, device: torch.device | str | None = None) -> Tensor:
@@ -92,24 +136,35 @@ def _distinct_uniform(total: int, count: int, gen: torch.Generator) -> Tensor:
 
 
 def sbm_graph(
-    num_nodes: int, num_classes: int, p: float, q: float, *, seed: int = 0, method: str = "sparse"
+    num_nodes: int,
+    num_classes: int,
+    p: float,
+    q: float,
+    *,
+    seed: int = 0,
+    method: str = "sparse",
+    symmetrize: str = "none",
 ) -> tuple[Tensor, Tensor]:
-    """Sample an undirected SBM: edge probability p inside a block, q across; no self-loops.
+    """Sample an undirected SBM with nominal probabilities p inside a block and q across; no self-loops.
 
-    E[#edges inside one block] = p·n(n−1)/2 and E[#edges between two blocks] = q·n², n = N/C.
+    With p′ = :func:`edge_probability` (p, symmetrize) (p′ = p for ``"none"``, 1 − (1 − p)² for ``"max"``),
+    E[#edges inside one block] = p′·n(n−1)/2 and E[#edges between two blocks] = q′·n², n = N/C.
 
-    ``method="pyg"`` calls torch_geometric's ``stochastic_blockmodel_graph`` (one Bernoulli draw per
-    node pair, O(N²) time and memory) under a private seeded random state. ``method="sparse"`` (the
-    default) draws the same distribution in O(N + E): for every pair of blocks the number of edges
-    is Binomial(#pairs, prob) and the edges are a uniform random subset of that size.
+    ``method="sparse"`` (the default, O(N + E)): for every pair of blocks the number of edges is
+    Binomial(#pairs, p′) and the edges are a uniform random subset of that size. ``method="dense"``
+    (O(N²), the official construction): a full N×N matrix of U(0, 1) draws is compared with the block
+    probabilities, the diagonal zeroed, and then symmetrised — max(A, Aᵀ) for ``"max"``, the upper
+    triangle mirrored for ``"none"``. ``method="pyg"`` calls torch_geometric's
+    ``stochastic_blockmodel_graph`` at p′, q′ (O(N²)). The three draw the same distribution (not the same graphs).
 
     Args:
         num_nodes: N, divisible by ``num_classes``.
         num_classes: C >= 2 blocks of equal size.
-        p: within-block edge probability.
-        q: across-block edge probability.
+        p: nominal within-block probability.
+        q: nominal across-block probability.
         seed: seed of a private random state (the global torch RNG is left untouched).
-        method: ``"sparse"`` or ``"pyg"``.
+        method: ``"sparse"``, ``"dense"`` or ``"pyg"``.
+        symmetrize: ``"none"`` (each pair once, probability p) or ``"max"`` (the official max(A, Aᵀ)).
 
     Returns:
         ``(edge_index (2, 2E) int64, both directions, sorted; labels (N,) int64)``.
@@ -121,25 +176,33 @@ def sbm_graph(
     """
     n = _check_sizes(num_nodes, num_classes)
     p, q = _check_prob("p", p), _check_prob("q", q)
+    p_eff, q_eff = edge_probability(p, symmetrize), edge_probability(q, symmetrize)
     labels = block_labels(num_nodes, num_classes)
     if method == "pyg":
         from torch_geometric.utils import stochastic_blockmodel_graph
 
-        probs = torch.full((num_classes, num_classes), q, dtype=torch.float64)
-        probs.fill_diagonal_(p)
+        probs = torch.full((num_classes, num_classes), q_eff, dtype=torch.float64)
+        probs.fill_diagonal_(p_eff)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             edge_index = stochastic_blockmodel_graph([n] * num_classes, probs, directed=False)
         return edge_index, labels
-    if method != "sparse":
-        raise ValueError(f"method must be 'sparse' or 'pyg', got {method!r}")
     gen = torch.Generator().manual_seed(int(seed))
+    if method == "dense":
+        probs = torch.where(labels[:, None] == labels[None, :], p, q)  # (N, N) nominal block probabilities
+        adj = torch.rand(num_nodes, num_nodes, generator=gen, dtype=torch.float64) < probs
+        adj.fill_diagonal_(False)
+        adj = adj | adj.T if symmetrize == "max" else torch.triu(adj, 1) | torch.triu(adj, 1).T
+        edge_index = adj.nonzero().T.contiguous()  # row-major: sorted by (source, target)
+        return edge_index, labels
+    if method != "sparse":
+        raise ValueError(f"method must be 'sparse', 'dense' or 'pyg', got {method!r}")
     rows: list[Tensor] = []
     cols: list[Tensor] = []
     for c in range(num_classes):
         for c2 in range(c, num_classes):
             total = n * (n - 1) // 2 if c == c2 else n * n
-            prob = p if c == c2 else q
+            prob = p_eff if c == c2 else q_eff
             count = int(torch.binomial(torch.tensor(float(total)), torch.tensor(prob, dtype=torch.float32),
                                        generator=gen))
             k = _distinct_uniform(total, count, gen)
@@ -155,15 +218,57 @@ def sbm_graph(
     return edge_index[:, order], labels
 
 
-def regular_degrees(num_nodes: int, num_classes: int, p: float, q: float) -> tuple[int, int]:
-    """Degrees (k_in, k_out) of the regular SBM matching SBM(p, q) in expectation.
+def edge_counts(edge_index: Tensor, labels: Tensor) -> tuple[int, int]:
+    """(#undirected edges inside blocks, #undirected edges across blocks) of a graph listing both directions."""
+    same = labels[edge_index[0]] == labels[edge_index[1]]
+    return int(same.sum()) // 2, int((~same).sum()) // 2
 
-    k_in = round(p (n − 1)), k_out = round(q n), n = N/C (an SBM node has p(n−1) expected
-    neighbours in its own block and q n in each other block). When n·k_in is odd (no k_in-regular
-    graph on n nodes exists) k_in is lowered by one.
+
+def expected_edge_counts(
+    num_nodes: int, num_classes: int, p: float, q: float, symmetrize: str = "none"
+) -> dict[str, float]:
+    """Mean and standard deviation of the within- and across-block edge counts of :func:`sbm_graph`.
+
+    Within: Binomial(C·n(n−1)/2, p′); across: Binomial(C(C−1)/2·n², q′), p′, q′ = :func:`edge_probability`.
+
+    Example:
+        >>> expected_edge_counts(1000, 2, 0.025, 0.0017)["within_mean"]
+        6237.5
+    """
+    n = _check_sizes(num_nodes, num_classes)
+    p_eff, q_eff = edge_probability(p, symmetrize), edge_probability(q, symmetrize)
+    within_pairs = num_classes * n * (n - 1) // 2
+    across_pairs = num_classes * (num_classes - 1) // 2 * n * n
+    return {
+        "p_edge": p_eff, "q_edge": q_eff,
+        "within_mean": within_pairs * p_eff, "within_sd": math.sqrt(within_pairs * p_eff * (1 - p_eff)),
+        "across_mean": across_pairs * q_eff, "across_sd": math.sqrt(across_pairs * q_eff * (1 - q_eff)),
+    }
+
+
+def regular_degrees(num_nodes: int, num_classes: int, p: float, q: float, rule: str = "round") -> tuple[int, int]:
+    """Degrees (k_in, k_out) of the regular SBM matching SBM(p, q).
+
+    ``rule="round"`` (nclens): k_in = round(p (n − 1)), k_out = round(q n), n = N/C (an SBM node has
+    p(n−1) expected neighbours in its own block and q n in each other block); when n·k_in is odd (no
+    k_in-regular graph on n nodes exists) k_in is lowered by one.
+
+    ``rule="ceil"`` (the official ``SBMRegular.generate_single_graph``, ``gnn_collapse/data/sbm.py``):
+    k = ⌈p·N/C⌉ and ⌈q·N/C⌉, lowered to the even k − 1 when n·k is odd and k > 2.
+
+    Example:
+        >>> regular_degrees(1000, 2, 0.025, 0.0017), regular_degrees(1000, 2, 0.025, 0.0017, rule="ceil")
+        ((12, 1), (13, 1))
     """
     n = _check_sizes(num_nodes, num_classes)
     p, q = _check_prob("p", p), _check_prob("q", q)
+    if rule == "ceil":
+        k_in, k_out = math.ceil(p * num_nodes / num_classes), math.ceil(q * num_nodes / num_classes)
+        if (k_in * n) % 2 and k_in > 2:
+            k_in = (k_in // 2) * 2
+        return k_in, k_out
+    if rule != "round":
+        raise ValueError(f"degree rule must be one of {DEGREE_RULES}, got {rule!r}")
     k_in = int(round(p * (n - 1)))
     if (n * k_in) % 2:
         k_in -= 1
@@ -318,9 +423,12 @@ class SBMSpec:
         kind: ``"sbm"`` or ``"sbm-regular"``.
         num_nodes: N per graph.
         num_classes: C.
-        p: within-block probability (for ``sbm-regular``: k_in = round(p(n−1))).
-        q: across-block probability (for ``sbm-regular``: k_out = round(q n)).
+        p: nominal within-block probability (``sbm-regular``: k_in from :func:`regular_degrees`).
+        q: nominal across-block probability (``sbm-regular``: k_out from :func:`regular_degrees`).
         feature_dim: d of the N(0, 1) node features.
+        symmetrize: the ``sbm`` sampler, ``"none"`` (edge probability p) or ``"max"`` (the official
+            max(A, Aᵀ): edge probability 1 − (1 − p)² ≈ 2p).
+        degree_rule: the ``sbm-regular`` degrees, ``"round"`` (nclens) or ``"ceil"`` (official).
     """
 
     kind: str = "sbm"
@@ -329,42 +437,71 @@ class SBMSpec:
     p: float = 0.025
     q: float = 0.0017
     feature_dim: int = 8
+    symmetrize: str = "none"
+    degree_rule: str = "round"
 
     def __post_init__(self) -> None:
         if self.kind not in ("sbm", "sbm-regular"):
-            raise ValueError(f"graph kind must be 'sbm' or 'sbm-regular', got {self.kind!r}")
+            raise ValueError(f"graph.kind must be 'sbm' or 'sbm-regular', got {self.kind!r}")
+        if self.symmetrize not in SYMMETRIZE:
+            raise ValueError(f"graph.symmetrize must be one of {list(SYMMETRIZE)}, got {self.symmetrize!r}")
+        if self.degree_rule not in DEGREE_RULES:
+            raise ValueError(f"graph.degree_rule must be one of {list(DEGREE_RULES)}, got {self.degree_rule!r}")
         _check_sizes(self.num_nodes, self.num_classes)
-        _check_prob("p", self.p)
-        _check_prob("q", self.q)
+        _check_prob("graph.p", self.p)
+        _check_prob("graph.q", self.q)
         if self.feature_dim < 1:
-            raise ValueError(f"feature_dim must be >= 1, got {self.feature_dim}")
+            raise ValueError(f"graph.feature_dim must be >= 1, got {self.feature_dim}")
 
     @property
     def block_size(self) -> int:
         """n = N/C."""
         return self.num_nodes // self.num_classes
 
+    def degrees(self) -> tuple[int, int]:
+        """(k_in, k_out) of the regular SBM of this spec (:func:`regular_degrees` with ``degree_rule``)."""
+        return regular_degrees(self.num_nodes, self.num_classes, self.p, self.q, self.degree_rule)
+
     def effective_pq(self) -> tuple[float, float]:
-        """(p, q) of the graphs: the given ones, or k_in/(n−1), k_out/n for the regular SBM."""
+        """Edge probabilities (p′, q′) of the graphs: :func:`edge_probability` of p, q for ``sbm``, or
+        k_in/(n−1), k_out/n for the regular SBM."""
         if self.kind == "sbm":
-            return self.p, self.q
-        k_in, k_out = regular_degrees(self.num_nodes, self.num_classes, self.p, self.q)
+            return edge_probability(self.p, self.symmetrize), edge_probability(self.q, self.symmetrize)
+        k_in, k_out = self.degrees()
         return k_in / (self.block_size - 1), k_out / self.block_size
 
 
 def make_graph(spec: SBMSpec, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """One graph of ``spec``: ``(x (N, d) float32, edge_index (2, 2E), y (N,))``, all from ``seed``."""
     if spec.kind == "sbm":
-        edge_index, y = sbm_graph(spec.num_nodes, spec.num_classes, spec.p, spec.q, seed=seed)
+        edge_index, y = sbm_graph(spec.num_nodes, spec.num_classes, spec.p, spec.q, seed=seed,
+                                  symmetrize=spec.symmetrize)
     else:
-        k_in, k_out = regular_degrees(spec.num_nodes, spec.num_classes, spec.p, spec.q)
+        k_in, k_out = spec.degrees()
         edge_index, y = sbm_regular_graph(spec.num_nodes, spec.num_classes, k_in, k_out, seed=seed)
     x = gaussian_node_features(spec.num_nodes, spec.feature_dim, seed=seed + 7919)
     return x, edge_index, y
 
 
+@dataclass
+class SBMGraph:
+    """One graph: node features ``x`` (N, d), ``edge_index`` (2, 2E) both directions, labels ``y`` (N,).
+
+    Attribute names follow ``torch_geometric.data.Data`` (``graph.x``, ``graph.edge_index``, ``graph.y``).
+    """
+
+    x: Tensor
+    edge_index: Tensor
+    y: Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        """N."""
+        return int(self.y.shape[0])
+
+
 class SBMDataset(torch.utils.data.Dataset):
-    """A seeded list of SBM graphs as ``torch_geometric.data.Data(x, edge_index, y)``.
+    """A seeded list of SBM graphs (:class:`SBMGraph`: x, edge_index, y).
 
     Graph i is drawn from seed ``seed * 1_000_003 + i``, so train and test sets with different
     seeds never share a graph and a dataset is the same on every machine.
@@ -376,19 +513,34 @@ class SBMDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, spec: SBMSpec, num_graphs: int, *, seed: int = 0) -> None:
-        from torch_geometric.data import Data
-
-        if not isinstance(num_graphs, int) or num_graphs < 1:
+        if isinstance(num_graphs, bool) or not isinstance(num_graphs, int) or num_graphs < 1:
             raise ValueError(f"num_graphs must be a positive integer, got {num_graphs!r}")
         self.spec = spec
         self.seed = seed
-        self.graphs = []
-        for i in range(num_graphs):
-            x, edge_index, y = make_graph(spec, seed * 1_000_003 + i)
-            self.graphs.append(Data(x=x, edge_index=edge_index, y=y, num_nodes=spec.num_nodes))
+        self.graphs = [SBMGraph(*make_graph(spec, seed * 1_000_003 + i)) for i in range(num_graphs)]
 
     def __len__(self) -> int:
         return len(self.graphs)
 
-    def __getitem__(self, index: int):  # noqa: ANN204 - torch_geometric Data
+    def __getitem__(self, index: int) -> SBMGraph:
         return self.graphs[index]
+
+    def edge_statistics(self) -> dict[str, float]:
+        """Measured mean within/across-block edge counts over the graphs beside their expectations.
+
+        For ``sbm`` graphs the expectations are those of :func:`expected_edge_counts` (the sampler's
+        stated edge probabilities); for ``sbm-regular`` graphs the exact counts N·k_in/2 and
+        C(C−1)/2·n·k_out.
+        """
+        counts = torch.tensor([edge_counts(g.edge_index, g.y) for g in self.graphs], dtype=torch.float64)
+        spec = self.spec
+        out: dict[str, float] = {"graphs": len(self.graphs), "within_measured": float(counts[:, 0].mean()),
+                                 "across_measured": float(counts[:, 1].mean())}
+        if spec.kind == "sbm":
+            out.update(expected_edge_counts(spec.num_nodes, spec.num_classes, spec.p, spec.q, spec.symmetrize))
+        else:
+            k_in, k_out = spec.degrees()
+            c, n = spec.num_classes, spec.block_size
+            out.update({"k_in": k_in, "k_out": k_out, "within_mean": spec.num_nodes * k_in / 2, "within_sd": 0.0,
+                        "across_mean": c * (c - 1) / 2 * n * k_out, "across_sd": 0.0})
+        return out

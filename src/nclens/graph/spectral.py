@@ -8,18 +8,25 @@ Two operators of an undirected graph with adjacency A and degrees D:
 * Normalised Laplacian L = I − D^{-1/2} A D^{-1/2} (spectrum in [0, 2]): communities in its smallest
   eigenvectors for homophilic graphs, its largest for heterophilic ones.
 
-Both are run as *projected power iteration* (orthogonal / subspace iteration): with P a positive
-semi-definite operator whose top eigenvectors are the wanted ones (σI − H(r) with σ a Gershgorin
-bound; 2I − L; or L itself), X_{t+1} = orth(P X_t) for a seeded N(0, 1) start X_0 (N × C). Each
-iterate plays the part of a GNN layer's features: its rows are clustered by k-means
-(scikit-learn) for the overlap, and its NC1 with the true labels is measured like any layer's
-(Kothapalli et al. 2023, Section 6).
+Two iterations, each iterate playing the part of a GNN layer's features (its NC1 with the true
+labels is measured like any layer's; Kothapalli et al. 2023, Section 6):
+
+* :func:`power_iteration` (nclens) — *projected subspace iteration*: with P a positive
+  semi-definite operator whose top eigenvectors are the wanted ones (σI − H(r) with σ a Gershgorin
+  bound; 2I − L; or L itself), X_{t+1} = orth(P X_t) for a seeded N(0, 1) start X_0 (N × C); rows
+  clustered by k-means (scikit-learn) for the overlap. Any C; heterophilic variants.
+* :func:`official_power_iteration` — the official method (``SpectralOperator.pi_fiedler_pred``,
+  ``gnn_collapse/models/baselines.py``; C = 2 only): single-vector power iteration on
+  M̂ = ‖M‖_F I − M (M the Bethe Hessian with r = +√(mean degree), or L), deflated against the top
+  eigenvector v of M̂ (the smallest of M): y_t = M̂ w_{t−1}, w_t = (y_t − (y_t·v) v)/‖·‖, for a
+  seeded N(0, 1) start; the communities are the signs, pred = [y_t < 0]. NC1 of the (N × 1)
+  features y_t and w_t per iteration, overlap of the sign prediction.
 
 Example:
     >>> from nclens.graph.sbm import sbm_graph
     >>> from nclens.graph.spectral import power_iteration
     >>> ei, y = sbm_graph(200, 2, 0.15, 0.01, seed=0)
-    >>> curve = power_iteration(ei, y, 2, method="bethe", iterations=30)
+    >>> curve = power_iteration(ei, y, 2, method="bethe", iterations=30, every=30)
     >>> curve[-1]["overlap"] > 0.9
     True
 """
@@ -35,7 +42,8 @@ from nclens.core.metrics import nc1, nc1_trace
 from nclens.core.stats import ClassStats
 from nclens.graph.gnn import overlap
 
-__all__ = ["bethe_hessian", "normalized_laplacian", "power_operator", "power_iteration", "kmeans_overlap"]
+__all__ = ["bethe_hessian", "normalized_laplacian", "power_operator", "power_iteration", "kmeans_overlap",
+           "spectral_matrix", "official_power_iteration"]
 
 
 def _adjacency(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
@@ -137,16 +145,107 @@ def power_iteration(
     for t in range(iterations + 1):
         if t % every == 0 or t == iterations:
             s = ClassStats(num_classes=num_classes).update(x, labels)
-            try:
-                n1 = nc1(s)
-            except ValueError:
-                n1 = math.nan
             out.append({
                 "iteration": t,
                 "overlap": kmeans_overlap(x, labels, num_classes, seed=seed),
-                "nc1": n1,
-                "nc1_trace": nc1_trace(s),
+                "nc1": _nc1_or_nan(s),
+                "nc1_trace": _nc1_or_nan(s, nc1_trace),
             })
         if t < iterations:
             x, _ = torch.linalg.qr(apply(x))  # (N, C) orthonormal columns
     return out
+
+
+def spectral_matrix(edge_index: Tensor, num_nodes: int, method: str) -> Tensor:
+    """The sparse (COO, float64) operator M of the official baselines: Bethe Hessian (r = √(mean degree)) or L."""
+    a, deg = _adjacency(edge_index, num_nodes)
+    idx = torch.arange(num_nodes, device=edge_index.device)
+    diag_idx = torch.stack([idx, idx])
+    if method == "bethe":
+        r = math.sqrt(float(deg.mean()))
+        diag = (r * r - 1.0) + deg
+        values, indices = -r * a.values(), a.indices()
+    elif method == "laplacian":
+        s = torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
+        diag = torch.ones(num_nodes, dtype=torch.float64, device=edge_index.device)
+        indices = a.indices()
+        values = -(s[indices[0]] * a.values() * s[indices[1]])
+    else:
+        raise ValueError(f"spectral method must be 'bethe' or 'laplacian', got {method!r}")
+    m = torch.sparse_coo_tensor(torch.cat([indices, diag_idx], 1), torch.cat([values, diag]),
+                                (num_nodes, num_nodes), check_invariants=False)
+    return m.coalesce()
+
+
+def official_power_iteration(
+    edge_index: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    *,
+    method: str = "bethe",
+    iterations: int = 32,
+    seed: int = 0,
+    every: int = 1,
+) -> list[dict[str, float]]:
+    """The official deflated power iteration on M̂ = ‖M‖_F I − M (see the module docstring); C = 2 only.
+
+    The top eigenvector v of M̂ (= the eigenvector of M's smallest eigenvalue) is found with ARPACK
+    (``scipy.sparse.linalg.eigsh`` on the sparse operator, seeded start), where the official code
+    takes a dense ``torch.linalg.eig``; its sign is irrelevant (only v vvᵀ enters).
+
+    Args:
+        edge_index: (2, E) undirected graph (both directions).
+        labels: (N,) true communities in {0, 1}, used only to score the iterates.
+        num_classes: C (must be 2, as in the official code).
+        method: ``"bethe"`` or ``"laplacian"``.
+        iterations: power steps (the official configs use the GNN depth, 32/64/128).
+        seed: seed of the start w_0 ~ N(0, I) and of ARPACK's start vector.
+        every: score iterations every, 2·every, ... and the last one.
+
+    Returns:
+        ``[{"iteration", "overlap", "nc1", "nc1_trace", "nc1_w"}]`` for t = every, ..., iterations:
+        ``nc1``/``nc1_trace`` of y_t (the official "features"), ``nc1_w`` of w_t ("normalized features"),
+        ``overlap`` of pred = [y_t < 0].
+    """
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    if num_classes != 2:
+        raise ValueError(f"the official power iteration predicts signs: it needs C = 2, got C={num_classes}")
+    if iterations < 1 or every < 1:
+        raise ValueError(f"need iterations >= 1 and every >= 1, got {iterations}, {every}")
+    n = labels.shape[0]
+    m = spectral_matrix(edge_index, n, method)
+    shift = float(m.values().square().sum().sqrt())  # ‖M‖_F (torch.norm(M, p=2) of the flattened matrix)
+
+    def apply(x: Tensor) -> Tensor:  # M̂ x = ‖M‖_F x − M x
+        return shift * x - torch.sparse.mm(m, x)
+
+    rng = np.random.default_rng(seed)
+    op = LinearOperator((n, n), matvec=lambda v: apply(torch.from_numpy(np.asarray(v, dtype=np.float64)
+                                                                       .reshape(n, -1))).numpy().ravel(),
+                        dtype=np.float64)
+    _, vecs = eigsh(op, k=1, which="LA", v0=rng.standard_normal(n), tol=1e-12)
+    v = torch.from_numpy(vecs[:, 0]).to(torch.float64)
+    v = v / v.norm()
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    out = []
+    for t in range(1, iterations + 1):
+        y = apply(w)
+        w = y - (y[:, 0] @ v) * v[:, None]
+        w = w / w.norm()
+        if t % every == 0 or t == iterations:
+            s_y = ClassStats(num_classes=2).update(y, labels)
+            s_w = ClassStats(num_classes=2).update(w, labels)
+            pred = (y[:, 0] < 0).long()
+            out.append({"iteration": t, "overlap": overlap(pred, labels.cpu(), 2), "nc1": _nc1_or_nan(s_y),
+                        "nc1_trace": _nc1_or_nan(s_y, nc1_trace), "nc1_w": _nc1_or_nan(s_w)})
+    return out
+
+
+def _nc1_or_nan(s: ClassStats, fn=nc1) -> float:  # noqa: ANN001
+    try:
+        return float(fn(s))
+    except ValueError:
+        return math.nan

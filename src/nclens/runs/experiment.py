@@ -78,6 +78,8 @@ KIND_MODULES: dict[str, str] = {
     "multilabel": "nclens.multilabel.experiment",
     "multilabel-ufm": "nclens.multilabel.experiment",
     "bounds-sweep": "nclens.bounds.experiment",
+    "gnn": "nclens.graph.experiment",
+    "gufm": "nclens.graph.experiment",
 }
 
 #: the keys of a config file that describe it rather than configure it

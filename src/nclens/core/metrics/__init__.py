@@ -115,3 +115,4 @@ def compute_metrics(
 # nc1_official, ...) register themselves on import; load them so the registry is complete
 from nclens.core.metrics import multilabel as _multilabel  # noqa: E402,F401
 from nclens.core.metrics import official as _official  # noqa: E402,F401
+from nclens.core.metrics import orthogonal as _orthogonal  # noqa: E402,F401  (OF variants, default=False)
