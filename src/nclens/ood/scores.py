@@ -61,6 +61,7 @@ __all__ = [
     "nci_score",
     "NECO",
     "ood_metrics",
+    "official_detection_metrics",
     "auroc",
     "aupr",
     "fpr_at_tpr",
@@ -436,6 +437,77 @@ def ood_metrics(id_scores: Any, ood_scores: Any, positive: str = "id", tpr: floa
         "aupr": aupr(id_scores, ood_scores, positive),
         "fpr95": fpr_at_tpr(id_scores, ood_scores, positive, tpr),
     }
+
+
+def _official_curve(known: np.ndarray, novel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(tp, fp) of the official ``get_curve``, vectorised.
+
+    State l (0 ≤ l ≤ N, N = N_k + N_n) counts the ID (tp) and OOD (fp) scores left above the
+    threshold after the l smallest of all scores are removed (on a tie an ID score goes first); a
+    state whose threshold would fall between two equal scores takes the state after the tie (the
+    official loop ``if all[j] == all[j-1]: tp[j] = tp[j+1]``).
+    """
+    n_k, n_n = known.size, novel.size
+    scores = np.concatenate([known, novel])
+    is_known = np.concatenate([np.ones(n_k, dtype=bool), np.zeros(n_n, dtype=bool)])
+    order = np.lexsort((~is_known, scores))  # ascending score; on a tie ID first
+    s_sorted, k_sorted = scores[order], is_known[order]
+    removed_k = np.concatenate([[0], np.cumsum(k_sorted)])  # (N+1,)
+    tp = n_k - removed_k
+    fp = n_n - (np.arange(n_k + n_n + 1) - removed_k)
+    # tie fix: state l (1 ≤ l ≤ N−1) with s[l] == s[l−1] takes the state of the next l' that is not such a state
+    tie = np.zeros(n_k + n_n + 1, dtype=bool)
+    tie[1:-1] = s_sorted[1:] == s_sorted[:-1]
+    idx = np.arange(n_k + n_n + 1)
+    nxt = np.where(tie, n_k + n_n + 1, idx)  # for ties look forward to the first non-tie state
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+    return tp[nxt], fp[nxt]
+
+
+def official_detection_metrics(id_scores: Any, ood_scores: Any) -> dict[str, float]:
+    """FPR, DTERR, AUROC, AUIN and AUOUT exactly as the official code of Harun et al. (ICML 2025) computes them.
+
+    ``yousuf907/NC-OOD``, ``ood_det/metrics.py`` (``cal_metric`` / ``get_curve``, from the energy-OOD
+    code of Liu et al. 2020), ID = positive, scores in the ID convention (higher = more ID); with
+    (tp, fp) the ID / OOD counts above each threshold of the sorted pooled scores:
+
+    * ``fpr`` — share of OOD scores ``>`` the ID score at index round(0.05·N_k) of the sorted ID
+      scores (≈ FPR at 95 % TPR; differs from :func:`fpr_at_tpr` by that choice of threshold);
+    * ``dterr`` — detection error min_t (FN(t) + FP(t)) / (N_k + N_n);
+    * ``auroc`` — trapezoid area of the ROC with endpoints (1, 1) and (0, 0);
+    * ``auin`` / ``auout`` — trapezoid areas under the precision–recall curves of ID (positive) and
+      of OOD (positive), with the official end points (precision ½ at recall 1 and 0 at recall 0).
+
+    Vectorised (no loop over samples); the tests check it against a transcription of the official loop.
+
+    Example:
+        >>> m = official_detection_metrics([3.0, 2.0, 1.0, 0.5], [0.0, -1.0])
+        >>> m["auroc"], m["dterr"], m["fpr"]
+        (1.0, 0.0, 0.0)
+    """
+    known, novel = _pair(id_scores, ood_scores)
+    known, novel = np.sort(known), np.sort(novel)
+    n_k, n_n = known.size, novel.size
+    threshold = known[min(round(0.05 * n_k), n_k - 1)]
+    tp, fp = _official_curve(known, novel)
+    tp, fp = tp.astype(np.float64), fp.astype(np.float64)
+    trapz = getattr(np, "trapezoid", None) or np.trapz
+    tpr = np.concatenate([[1.0], tp / tp[0], [0.0]])
+    fpr = np.concatenate([[1.0], fp / fp[0], [0.0]])
+    out = {"fpr": float(np.sum(novel > threshold) / n_n)}
+    out["dterr"] = float(((tp[0] - tp + fp) / (tp[0] + fp[0])).min())
+    out["auroc"] = float(-trapz(1.0 - fpr, tpr))
+    denom = tp + fp
+    denom[denom == 0.0] = -1.0
+    pin_ind = np.concatenate([[True], denom > 0.0, [True]])
+    pin = np.concatenate([[0.5], tp / denom, [0.0]])
+    out["auin"] = float(-trapz(pin[pin_ind], tpr[pin_ind]))
+    denom = tp[0] - tp + fp[0] - fp
+    denom[denom == 0.0] = -1.0
+    pout_ind = np.concatenate([[True], denom > 0.0, [True]])
+    pout = np.concatenate([[0.0], (fp[0] - fp) / denom, [0.5]])
+    out["auout"] = float(trapz(pout[pout_ind], 1.0 - fpr[pout_ind]))
+    return out
 
 
 # --------------------------------------------------------------- linear probe
