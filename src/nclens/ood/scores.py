@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,7 +64,6 @@ __all__ = [
     "auroc",
     "aupr",
     "fpr_at_tpr",
-    "LinearProbe",
     "pytorch_ood_score",
     "summarise_sets",
 ]
@@ -508,102 +506,6 @@ def official_detection_metrics(id_scores: Any, ood_scores: Any) -> dict[str, flo
     pout = np.concatenate([[0.0], (fp[0] - fp) / denom, [0.5]])
     out["auout"] = float(trapz(pout[pout_ind], 1.0 - fpr[pout_ind]))
     return out
-
-
-# --------------------------------------------------------------- linear probe
-@dataclass(frozen=True)
-class _ProbeData:
-    x: np.ndarray
-    y: np.ndarray
-
-
-class LinearProbe:
-    """Multinomial logistic regression on frozen features (scikit-learn), standardised first.
-
-    The learned map is returned in the *raw* feature coordinates: logits = h Wᵀ + b with
-    W = coef / scale and b = intercept − W·mean, so it can serve as the layer's classifier for NC3,
-    NC4 and logit-based OOD scores.
-
-    Args:
-        C: inverse L2 regularisation strength of ``LogisticRegression``.
-        max_iter: L-BFGS iterations.
-        standardize: standardise features with the training mean/std before fitting.
-        seed: ``random_state`` (L-BFGS is deterministic; kept for solvers that are not).
-
-    Attributes:
-        classes_: (K,) labels.  weight_: (K, D) float64 tensor.  bias_: (K,) float64 tensor.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> x = torch.randn(60, 3, generator=g) + 4 * torch.eye(3)[torch.arange(60) % 3]
-        >>> probe = LinearProbe().fit(x, torch.arange(60) % 3)
-        >>> probe.score(x, torch.arange(60) % 3)
-        1.0
-    """
-
-    def __init__(self, C: float = 1.0, max_iter: int = 1000, standardize: bool = True, seed: int = 0) -> None:
-        if not C > 0:
-            raise ValueError(f"C must be > 0, got {C!r}")
-        if not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-        self.C = C
-        self.max_iter = max_iter
-        self.standardize = standardize
-        self.seed = seed
-
-    @staticmethod
-    def _data(features: Any, labels: Any | None = None) -> _ProbeData:
-        x = validate_features(features if isinstance(features, Tensor) else torch.as_tensor(features))
-        y = None if labels is None else validate_labels(labels, x.shape[0]).cpu().numpy()
-        return _ProbeData(x.detach().cpu().to(torch.float64).numpy(), y)
-
-    def fit(self, features: Any, labels: Any) -> LinearProbe:
-        """Fit on (N, D) features and (N,) integer labels (at least 2 classes)."""
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-
-        data = self._data(features, labels)
-        if np.unique(data.y).size < 2:
-            raise ValueError(f"a linear probe needs at least 2 classes, got labels {np.unique(data.y).tolist()}")
-        mean = data.x.mean(0) if self.standardize else np.zeros(data.x.shape[1])
-        std = data.x.std(0) if self.standardize else np.ones(data.x.shape[1])
-        std = np.where(std > 1e-12, std, 1.0)
-        model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit((data.x - mean) / std, data.y)
-        coef = model.coef_ / std  # (K, D) in raw coordinates
-        intercept = model.intercept_ - coef @ mean
-        if coef.shape[0] == 1:  # binary: sklearn keeps one row; expand to two logits [0, f]
-            coef = np.vstack([np.zeros_like(coef), coef])
-            intercept = np.concatenate([[0.0], intercept])
-        self.classes_ = model.classes_
-        self.weight_ = torch.from_numpy(coef.astype(np.float64))
-        self.bias_ = torch.from_numpy(np.asarray(intercept, dtype=np.float64))
-        return self
-
-    def _check(self) -> None:
-        if not hasattr(self, "weight_"):
-            raise RuntimeError("the probe is not fitted: call fit(features, labels) first")
-
-    def logits(self, features: Any) -> Tensor:
-        """(N, K) float64 logits h Wᵀ + b."""
-        self._check()
-        x = torch.from_numpy(self._data(features).x)
-        if x.shape[1] != self.weight_.shape[1]:
-            raise ValueError(f"features have dimension {x.shape[1]}, the probe was fitted on D={self.weight_.shape[1]}")
-        return x @ self.weight_.T + self.bias_
-
-    def predict(self, features: Any) -> np.ndarray:
-        """(N,) predicted labels."""
-        return self.classes_[self.logits(features).argmax(dim=1).numpy()]
-
-    def score(self, features: Any, labels: Any) -> float:
-        """Accuracy on (features, labels)."""
-        data = self._data(features, labels)
-        return float((self.predict(features) == data.y).mean())
 
 
 # ------------------------------------------------------- pytorch-ood cross-check

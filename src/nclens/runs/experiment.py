@@ -75,6 +75,7 @@ SYSTEMS: dict[str, str] = {
 KIND_MODULES: dict[str, str] = {
     "intermediate": "nclens.intermediate.experiment",
     "intermediate-fixed-etf": "nclens.intermediate.experiment",
+    "ood": "nclens.ood.experiment",
 }
 
 #: the keys of a config file that describe it rather than configure it
