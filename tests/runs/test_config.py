@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 
 from nclens.intermediate.config import IntermediateConfig
-from nclens.runs.config import build_config, config_as_dict, config_to_yaml, dotted_keys, load_yaml_config, \
-    override_config, replace
+from nclens.runs.config import (
+    build_config,
+    config_as_dict,
+    config_to_yaml,
+    dotted_keys,
+    load_yaml_config,
+    override_config,
+    replace,
+)
 from nclens.runs.experiment import find_config, load_run_config, shipped_configs, validate_run_name
 
 

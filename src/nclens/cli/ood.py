@@ -21,13 +21,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command("ood")
     def ood_command(
-        config: str = typer.Argument("ood_digits", help="an ood config file or shipped name (nclens configs --kind ood)"),
+        config: str = typer.Argument("ood_digits",
+                                     help="an ood config file or shipped name (nclens configs --kind ood)"),
         out: Path | None = typer.Option(None, "--out", "-o", help="run folder (default runs/<name>-<time>)"),
         set_: list[str] = typer.Option([], "--set", "-s", help="override, e.g. --set train.epochs=5 (repeatable)"),
         resume: bool = typer.Option(False, "--resume", help="continue the run in --out (finished jobs are kept)"),
         report: bool = typer.Option(True, "--report/--no-report", help="write figures and report.html"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
-        threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (1 is fastest for these small nets)"),
+        threads: int = typer.Option(1, "--threads", min=1,
+                                     help="torch CPU threads (1 is fastest for these small nets)"),
     ) -> None:
         """Train the NC-control variants (baseline / +KoLeo / +ETF projector / both); NC, OOD detection and
         transfer per layer, and their correlations (Harun, Gallardo & Kanan, ICML 2025)."""

@@ -210,4 +210,5 @@ class ETFProjector(nn.Module):
         return self.norm(self.fc2(self.relu(self.fc1(x))))  # (B, d) -> (B, 4d) -> (B, d)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, hidden={self.expansion * self.dim}, c={self.dim}, normalize={self.normalize}, frozen=True"
+        return (f"dim={self.dim}, hidden={self.expansion * self.dim}, c={self.dim}, normalize={self.normalize}, "
+                "frozen=True")

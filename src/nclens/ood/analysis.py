@@ -112,7 +112,8 @@ def layer_correlations(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = 
     for r in rows:
         nets.setdefault((r["variant"], r.get("alpha"), r.get("seed")), []).append(r)
     per_net = []
-    for (variant, alpha, seed), rs in sorted(nets.items(), key=lambda it: (_order_key(it[0][0], it[0][1], 0), it[0][2])):
+    ordered = sorted(nets.items(), key=lambda it: (_order_key(it[0][0], it[0][1], 0), it[0][2]))
+    for (variant, alpha, seed), rs in ordered:
         corr = correlations(rs, keys)
         per_net.append({"variant": variant, "alpha": alpha, "seed": seed, "n_layers": len(rs),
                         **{k: corr[k] for k in keys}})

@@ -43,8 +43,9 @@ VARIANTS: dict[str, tuple[bool, bool]] = {
     "entropy": (True, False),
     "projector": (False, True),
     "both": (True, True),
+    "frozen": (False, False),  # no training: every layer of a feature file as it is (data.name=features)
 }
-DATASETS = ("digits", "mnist1d", "fashion-mnist")
+DATASETS = ("digits", "mnist1d", "fashion-mnist", "features")
 TRANSFORMS = ("hflip", "vflip", "rot90", "rot180", "reverse", "negate")
 #: OOD scores (:mod:`nclens.ood.scores`), default first
 SCORES = ("energy", "msp", "max_logit", "mahalanobis", "nci", "neco")
@@ -65,7 +66,8 @@ class DataConfig:
     """The protocol (:mod:`nclens.ood.protocols`).
 
     Attributes:
-        name: ``digits`` | ``mnist1d`` (embedded) | ``fashion-mnist`` (real images from local files).
+        name: ``digits`` | ``mnist1d`` (embedded) | ``fashion-mnist`` (real images from local files) |
+            ``features`` (a feature file of ``nclens extract``, e.g. EfficientNet-Lite on Fashion-MNIST).
         id_classes / ood_classes: ID classes (relabelled 0..K−1) and held-out classes (near OOD and the
             transfer task).
         noise: add a Gaussian-noise OOD set; transforms: transformed ID test inputs as OOD sets.
@@ -75,6 +77,10 @@ class DataConfig:
         far, far_per_class: fashion-mnist: add MNIST-5k digits as a far OOD set (``far_per_class`` of the
             500 per class; ``null`` = all 5,000).
         root: folder holding the idx files (default: ``NCLENS_DATA`` or the Debian dataset location).
+        features: ``features``: the ``.safetensors`` file of the ID / held-out classes (split per class by
+            ``test_fraction``, seeded); ``layer``: its layer the trained head reads (kind ``ood``; kind
+            ``ood-frozen`` evaluates every layer of the file); ``far_features``: a file of far-OOD inputs
+            (e.g. MNIST-5k through the same network).
     """
 
     name: str = "digits"
@@ -90,9 +96,18 @@ class DataConfig:
     far: bool = True
     far_per_class: int | None = None
     root: str | None = None
+    features: str | None = None
+    far_features: str | None = None
+    layer: str = "pool"
 
     def __post_init__(self) -> None:
         check_choice("data.name", self.name, DATASETS)
+        if self.name == "features":
+            if not self.features:
+                raise ValueError("data.name='features' reads a feature file: set data.features=<path.safetensors>")
+            if self.transforms:
+                raise ValueError(f"data.transforms {list(self.transforms)}: feature files take no input transforms; "
+                                 "set data.transforms=[]")
         bad = [t for t in self.transforms if t not in TRANSFORMS]
         if bad:
             raise ValueError(f"data.transforms {bad} unknown; valid: {list(TRANSFORMS)}")
@@ -102,7 +117,8 @@ class DataConfig:
         if len(self.id_classes) < 2:
             raise ValueError(f"data.id_classes needs at least 2 classes, got {list(self.id_classes)}")
         if len(self.ood_classes) < 2:
-            raise ValueError(f"data.ood_classes needs at least 2 classes (the transfer task), got {list(self.ood_classes)}")
+            raise ValueError(
+                f"data.ood_classes needs at least 2 classes (the transfer task), got {list(self.ood_classes)}")
         _distinct("data.id_classes", self.id_classes)
         _distinct("data.ood_classes", self.ood_classes)
         overlap = set(self.id_classes) & set(self.ood_classes)
@@ -118,7 +134,8 @@ class DataConfig:
             if getattr(self, key) is not None:
                 check_positive(f"data.{key}", getattr(self, key))
         if self.far_per_class is not None and self.far_per_class > 500:
-            raise ValueError(f"data.far_per_class must be <= 500 (MNIST-5k has 500 per class), got {self.far_per_class}")
+            raise ValueError(
+                f"data.far_per_class must be <= 500 (MNIST-5k has 500 per class), got {self.far_per_class}")
 
 
 @dataclass(frozen=True)
@@ -245,7 +262,8 @@ class EvalConfig:
         if not self.scores:
             raise ValueError("eval.scores must not be empty")
         if self.detection_score not in self.scores:
-            raise ValueError(f"eval.detection_score {self.detection_score!r} must be one of eval.scores {list(self.scores)}")
+            raise ValueError(
+                f"eval.detection_score {self.detection_score!r} must be one of eval.scores {list(self.scores)}")
         check_choice("eval.positive", self.positive, ("id", "ood"))
         check_choice("eval.probe", self.probe, ("logistic", "adamw"))
         _finite("eval.probe_c", self.probe_c)
@@ -282,7 +300,8 @@ class OODConfig:
     """The whole experiment: the sections, and the variants × KoLeo weights × seeds to run.
 
     ``koleo_weights`` sweeps α: every KoLeo variant (``entropy``, ``both``) is trained once per α
-    (``baseline`` and ``projector`` at α = 0); empty = the single ``train.koleo_weight``.
+    (``baseline`` and ``projector`` at α = 0); empty = the single ``train.koleo_weight``. Variant ``frozen``
+    (``data.name=features`` only) trains nothing: every layer of the feature file is evaluated as it is.
     """
 
     name: str = "ood-digits"
@@ -311,6 +330,8 @@ class OODConfig:
             _finite("koleo_weights", a)
         if any(not a > 0 for a in self.koleo_weights):
             raise ValueError(f"koleo_weights must all be > 0 (α = 0 is the baseline), got {list(self.koleo_weights)}")
+        if "frozen" in self.variants and self.data.name != "features":
+            raise ValueError("variant 'frozen' evaluates the layers of a feature file: set data.name=features")
         if self.data.name == "fashion-mnist" and self.model.arch != "cnn":
             raise ValueError("data.name='fashion-mnist' trains a CNN: set model.arch=cnn")
         if self.data.name != "fashion-mnist" and self.model.arch != "mlp":

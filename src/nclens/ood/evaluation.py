@@ -50,7 +50,7 @@ from nclens.ood.scores import (
 )
 from nclens.ood.transfer import transfer_accuracy
 
-__all__ = ["evaluate_model", "NC_KEYS"]
+__all__ = ["evaluate_model", "evaluate_layers", "NC_KEYS"]
 
 #: the NC metrics reported per layer
 NC_KEYS = ("nc1", "nc1_trace", "cdnv", "nc2_etf", "nc2_etf_w", "nc3_etf", "nc3_duality", "nc4_bias", "effective_rank")
@@ -89,21 +89,34 @@ def evaluate_model(model: OODNet, data: OODData, cfg: OODConfig, *, seed: int,
         ``(layer_rows, detection_rows)``: one row per layer (NC metrics, headline detection of
         ``eval.detection_score``, transfer, probe accuracy), and one row per (layer, score, OOD set).
     """
-    ev, tc = cfg.eval, cfg.transfer
     device = torch.device(device)
-    rows = feature_layers(model, per_layer=ev.per_layer)
-    bs = ev.batch_size
+    rows = feature_layers(model, per_layer=cfg.eval.per_layer)
+    bs = cfg.eval.batch_size
     tr_f, _ = forward_features(model, data.x_train, rows, bs, device)
     te_f, te_logits = forward_features(model, data.x_test, rows, bs, device)
     ood_f = {name: forward_features(model, x, rows, bs, device)[0] for name, x in data.ood.items()}
-    tf = {name: (forward_features(model, a, rows, bs, device)[0], ay, forward_features(model, b, rows, bs, device)[0], by)
+    tf = {name: (forward_features(model, a, rows, bs, device)[0], ay,
+                 forward_features(model, b, rows, bs, device)[0], by)
           for name, (a, ay, b, by) in data.transfer.items()}
-    k = data.num_classes
-    y_tr, y_te = data.y_train, data.y_test
-    head_acc = float((te_logits.argmax(1) == y_te).double().mean())
+    head_acc = float((te_logits.argmax(1) == data.y_test).double().mean())
+    return evaluate_layers([r[0] for r in rows], tr_f, data.y_train, te_f, data.y_test, ood_f, tf, cfg, seed=seed,
+                           head_acc=head_acc)
+
+
+def evaluate_layers(layers: list[str], tr_f: dict[str, Tensor], y_tr: Tensor, te_f: dict[str, Tensor], y_te: Tensor,
+                    ood_f: dict[str, dict[str, Tensor]],
+                    tf: dict[str, tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Tensor]], cfg: OODConfig, *,
+                    seed: int, head_acc: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Evaluate the features of ``layers`` (ID train/test, OOD sets, transfer tasks; see the module docstring).
+
+    ``tr_f[layer]`` is (N, D_layer); rows named ``projector`` / ``projector_l2`` get the official
+    probe on L2-normalised features. Used by :func:`evaluate_model` and for frozen feature files.
+    """
+    ev, tc = cfg.eval, cfg.transfer
+    k = int(y_tr.max()) + 1
     layer_rows: list[dict[str, Any]] = []
     det_rows: list[dict[str, Any]] = []
-    for index, (row_name, _, _) in enumerate(rows):
+    for index, row_name in enumerate(layers):
         projector_row = row_name in ("projector", "projector_l2")
 
         def probe_input(x: Tensor, normalise: bool = projector_row) -> Tensor:
@@ -116,7 +129,8 @@ def evaluate_model(model: OODNet, data: OODData, cfg: OODConfig, *, seed: int,
         p_tr, p_te = probe_input(h), probe_input(te_f[row_name])
         probe = build().fit(p_tr, y_tr)
         metrics = compute_metrics(stats, probe.weight_, bias=probe.bias_)
-        mismatch = float((torch.from_numpy(np.asarray(probe.predict(p_tr))) != ncc_predict(h.double(), stats.means)).double().mean())
+        predicted = torch.from_numpy(np.asarray(probe.predict(p_tr)))
+        mismatch = float((predicted != ncc_predict(h.double(), stats.means)).double().mean())
         # the feature scores live in the probe's input space (for the projector: the normalised output)
         p_stats = stats if not projector_row else ClassStats(num_classes=k).update(p_tr.double(), y_tr)
         fitted: dict[str, Any] = {"probe": probe, "mu_g": p_stats.sums.sum(0) / p_stats.total}
@@ -155,13 +169,14 @@ def evaluate_model(model: OODNet, data: OODData, cfg: OODConfig, *, seed: int,
             else:
                 transfer[name], transfer_std[name] = transfer_accuracy(
                     a_f, ay, b_f, by, shots_per_class=tc.shots_per_class, draws=tc.draws, seed=tc.seed,
-                    probe=lambda r: build(r + 1))
+                    probe=lambda r, build=build: build(r + 1))
         headline = per_score[ev.detection_score]
         row: dict[str, Any] = {"layer": row_name, "depth": index, "dim": int(h.shape[1])}
         row.update({key: float(metrics[key]) for key in NC_KEYS if key in metrics})
         row["nc4_ncc_mismatch"] = mismatch
         row["id_probe_acc"] = probe.score(p_te, y_te)
-        row["id_head_acc"] = head_acc
+        if head_acc is not None:
+            row["id_head_acc"] = head_acc
         for key in ("auroc", "aupr", "fpr95"):
             row[key] = float(np.mean([m[key] for m in headline.values()]))
         for key in ("dterr", "auout", "auin"):

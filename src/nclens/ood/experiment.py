@@ -52,8 +52,8 @@ from nclens.runs.experiment import Experiment, ReportContent, RunConfig, registe
 from nclens.runs.folder import RunFolder
 from nclens.train import TensorData, Trainer
 
-__all__ = ["OODExperiment", "build_model", "koleo_step", "job_name", "run_ood", "CELLS", "SUMMARY_KEYS",
-           "OODConfig"]
+__all__ = ["OODExperiment", "evaluate_frozen", "build_model", "koleo_step", "job_name", "run_ood",
+           "CELLS", "SUMMARY_KEYS", "OODConfig"]
 
 CELLS = "cells.jsonl"
 #: the per-layer keys averaged over seeds in summary.csv
@@ -121,13 +121,15 @@ def _check(cfg: OODConfig) -> OODData:
     data = load_protocol(cfg.data)
     n = int(data.x_train.shape[0])
     if n % cfg.train.batch_size == 1:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} leaves a last batch of 1 of the {n} training samples "
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} leaves a last batch of 1 of the {n} training "
+                         "samples "
                          "(BatchNorm and KoLeo need >= 2); choose another batch size")
     if cfg.transfer.shots_per_class is not None:
         for name, (_, ay, _, _) in data.transfer.items():
             fewest = int(torch.bincount(ay).min())
             if cfg.transfer.shots_per_class > fewest:
-                raise ValueError(f"transfer.shots_per_class={cfg.transfer.shots_per_class} exceeds the {fewest} training "
+                raise ValueError(f"transfer.shots_per_class={cfg.transfer.shots_per_class} exceeds the {fewest} "
+                                 "training "
                                  f"samples of the smallest class of transfer task {name!r}")
     return data
 
@@ -146,39 +148,71 @@ def run_jobs(cfg: OODConfig, run: RunFolder, *, resume: bool, progress: bool,
         if (variant, alpha, seed) in done:
             continue
         started = time.perf_counter()
-        model = _train_job(cfg, data, variant, alpha, seed, run, resume=resume, progress=progress)
-        layer_rows, det_rows = evaluate_model(model, data, cfg, seed=seed, device=resolve_device(cfg.train.device))
+        if variant == "frozen":
+            layer_rows, det_rows = evaluate_frozen(cfg, seed)
+        else:
+            model = _train_job(cfg, data, variant, alpha, seed, run, resume=resume, progress=progress)
+            layer_rows, det_rows = evaluate_model(model, data, cfg, seed=seed, device=resolve_device(cfg.train.device))
         meta = {"variant": variant, "alpha": alpha, "seed": seed}
         cell = {**meta, "rows": [{**meta, **r} for r in layer_rows], "detection": [{**meta, **r} for r in det_rows],
                 "seconds": time.perf_counter() - started}
         run.append_jsonl(CELLS, [cell])
         done[(variant, alpha, seed)] = cell
         head = {r["layer"]: r for r in layer_rows}
+        if variant == "frozen":
+            head = {r["layer"]: r for r in layer_rows[-1:]}
         log(f"[{i + 1}/{len(jobs)}] " + "; ".join(
             f"{label({'variant': variant, 'alpha': alpha, 'layer': name})}: NC1 {r['nc1']:.3g}, AUROC {r['auroc']:.3f}"
             + (f", transfer {r['transfer_acc']:.3f}" if "transfer_acc" in r else "")
-            for name, r in head.items() if name in ("encoder", "projector")))
-    cells = [done[job] for job in jobs]
+            for name, r in head.items() if name in ("encoder", "projector") or variant == "frozen"))
+    return _write_tables(run, [done[job] for job in jobs])
+
+
+def _write_tables(run: RunFolder, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """results/detection/summary CSVs and correlations.json from the done-cells; the results for summary.json."""
     rows = [r for c in cells for r in c["rows"]]
     detection = [r for c in cells for r in c["detection"]]
     summary = summarise(rows, SUMMARY_KEYS)
-    main_layers = [s for s in summary if s["layer"] in ("encoder", "projector", "projector_l2")]
+    main_layers = [s for s in summary if s["layer"] in ("encoder", "projector", "projector_l2")] or summary
+    main_rows = [r for r in rows if r["layer"] in ("encoder", "projector")] or rows  # a frozen network: every layer
     corr = {
         "over_variant_layer_means": correlations([s for s in main_layers if s["layer"] != "projector_l2"]),
-        "over_all_points": correlations([r for r in rows if r["layer"] in ("encoder", "projector")]),
+        "over_all_points": correlations(main_rows),
         "across_layers": layer_correlations([r for r in rows if r["layer"] != "projector_l2"]),
     }
     run.write_csv("results.csv", rows)
     run.write_csv("detection.csv", detection)
     run.write_csv("summary.csv", summary)
     run.write_json("correlations.json", corr)
+    keys = ("variant", "alpha", "layer", "seeds", "nc1", "nc1_std", "nc4_bias", "auroc", "auroc_std", "fpr95", "dterr",
+            "auout", "transfer_acc", "transfer_acc_std", "transfer_acc_full", "id_head_acc")
     return {
-        "jobs": len(jobs),
-        "summary": [{k: s[k] for k in ("variant", "alpha", "layer", "seeds", "nc1", "nc1_std", "nc4_bias", "auroc",
-                                       "auroc_std", "fpr95", "dterr", "auout", "transfer_acc", "transfer_acc_std",
-                                       "transfer_acc_full", "id_head_acc") if k in s} for s in main_layers],
+        "jobs": len(cells),
+        "summary": [{k: s[k] for k in keys if k in s} for s in main_layers],
         "correlations": {scope: {k: v for k, v in c.items() if k != "networks"} for scope, c in corr.items()},
     }
+
+
+def evaluate_frozen(cfg: OODConfig, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Variant ``frozen``: every layer of the feature file evaluated as it is (no training), for one seed.
+
+    The seed moves the per-class train/test split of the file's rows and every probe's seed.
+    """
+    from nclens.ood.evaluation import evaluate_layers
+    from nclens.ood.protocols import feature_protocol
+
+    per_layer = feature_protocol(cfg.data, None, seed)
+    layers = list(per_layer)
+    first = per_layer[layers[0]]
+
+    def pick(get):
+        return {name: get(per_layer[name]) for name in layers}
+
+    ood_f = {s: pick(lambda d, s=s: d.ood[s]) for s in first.ood}
+    tf = {t: (pick(lambda d, t=t: d.transfer[t][0]), first.transfer[t][1], pick(lambda d, t=t: d.transfer[t][2]),
+              first.transfer[t][3]) for t in first.transfer}
+    return evaluate_layers(layers, pick(lambda d: d.x_train), first.y_train, pick(lambda d: d.x_test), first.y_test,
+                           ood_f, tf, cfg, seed=seed)
 
 
 @register_experiment
@@ -187,7 +221,8 @@ class OODExperiment(Experiment):
 
     kind = "ood"
     config_class = OODConfig
-    description = "NC control for OOD detection and transfer: baseline / +KoLeo / +ETF projector / both (Harun et al. 2025)"
+    description = ("NC control for OOD detection and transfer: baseline / +KoLeo / +ETF projector / both "
+                   "(Harun et al. 2025)")
     resume_ignores = ("train.progress", "train.device")
     timing_fields = ("seconds",)
 

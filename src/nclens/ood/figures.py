@@ -41,26 +41,38 @@ _KEYS = ("nc1", "auroc", "fpr95", "dterr", "transfer_acc", "transfer_acc_full", 
 _MARKERS = {"encoder": "o", "projector": "s", "projector_l2": "D"}
 
 
+def _num(value: Any) -> float:
+    """A JSON number (NaN is written as null)."""
+    return float("nan") if value is None else float(value)
+
+
+def _main(rows: list[dict[str, Any]], l2: bool = False) -> list[dict[str, Any]]:
+    """The encoder/projector rows (and projector_l2 with ``l2``); every row for a frozen network (no such layers)."""
+    keep = (*MAIN_LAYERS, "projector_l2") if l2 else MAIN_LAYERS
+    return [r for r in rows if r["layer"] in keep] or rows
+
+
 def _rows(run: RunFolder) -> list[dict[str, Any]]:
     return [r for cell in run.read_jsonl("cells.jsonl") for r in cell["rows"]]
 
 
 def _colours(summary: list[dict[str, Any]]) -> dict[tuple[str, Any], Any]:
-    base = {"baseline": "tab:gray", "entropy": "Blues", "projector": "tab:red", "both": "Purples"}
+    base = {"baseline": "tab:gray", "entropy": "Blues", "projector": "tab:red", "both": "Purples",
+            "frozen": "tab:green"}
     out: dict[tuple[str, Any], Any] = {}
-    for variant in VARIANTS:
+    for variant in dict.fromkeys([*VARIANTS, *(s["variant"] for s in summary)]):
         alphas = sorted({s["alpha"] for s in summary if s["variant"] == variant}, key=lambda a: -1 if a is None else a)
         for i, alpha in enumerate(alphas):
-            if base[variant] in ("Blues", "Purples"):
+            if base.get(variant, "k") in ("Blues", "Purples"):
                 out[(variant, alpha)] = matplotlib.colormaps[base[variant]](0.45 + 0.5 * (i + 1) / (len(alphas) + 1))
             else:
-                out[(variant, alpha)] = base[variant]
+                out[(variant, alpha)] = base.get(variant, "k")
     return out
 
 
 def fig_nc1_scatter(rows: list[dict[str, Any]], corr: dict[str, Any] | None = None) -> Figure:
     """AUROC / transfer against NC1 per seed and per (variant, α, layer) mean (encoder and projector rows)."""
-    rows = [r for r in rows if r["layer"] in MAIN_LAYERS]
+    rows = _main(rows)
     summary = summarise(rows, _KEYS)
     colours = _colours(summary)
     panels = (("auroc", "OOD detection AUROC (mean over OOD sets)"), ("transfer_acc", "transfer accuracy (headline)"),
@@ -73,13 +85,14 @@ def fig_nc1_scatter(rows: list[dict[str, Any]], corr: dict[str, Any] | None = No
                            marker=_MARKERS.get(r["layer"], "o"), alpha=0.35, s=20)
         for s in summary:
             if np.isfinite(s[key]):
-                ax.errorbar(s["nc1"], s[key], xerr=s["nc1_std"], yerr=s[f"{key}_std"], fmt=_MARKERS.get(s["layer"], "o"),
+                ax.errorbar(s["nc1"], s[key], xerr=s["nc1_std"], yerr=s[f"{key}_std"],
+                            fmt=_MARKERS.get(s["layer"], "o"),
                             color=colours[(s["variant"], s["alpha"])], ms=8, mec="k", capsize=2, label=label(s))
         c = (corr or {}).get(key, {})
         ax.set_xscale("log")
         ax.set_xlabel("NC1 = Tr(Σ_W Σ_B⁺)/K (lower = more collapse)")
         ax.set_ylabel(title)
-        ax.set_title(f"r(NC1, ·) = {c.get('r', float('nan')):+.2f} (p = {c.get('p', float('nan')):.2g})", fontsize=10)
+        ax.set_title(f"r(NC1, ·) = {_num(c.get('r')):+.2f} (p = {_num(c.get('p')):.2g})", fontsize=10)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="best")
     return fig
@@ -87,7 +100,7 @@ def fig_nc1_scatter(rows: list[dict[str, Any]], corr: dict[str, Any] | None = No
 
 def fig_variants(rows: list[dict[str, Any]]) -> Figure:
     """Bars of NC1, AUROC, FPR95 and transfer per (variant, α, layer) (mean ± std over seeds)."""
-    summary = summarise([r for r in rows if r["layer"] in (*MAIN_LAYERS, "projector_l2")], _KEYS)
+    summary = summarise(_main(rows, l2=True), _KEYS)
     colours = _colours(summary)
     keys = ("nc1", "auroc", "fpr95", "transfer_acc", "transfer_acc_full")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.4), constrained_layout=True)
@@ -164,14 +177,15 @@ def _corr_rows(corr: dict[str, Any]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"scope": scope, "n": c.get("n_points")}
         for key in ("auroc", "fpr95", "transfer_acc", "transfer_err"):
             if key in c:
-                entry[f"r(NC1, {key})"] = f"{c[key]['r']:+.2f} (p={c[key]['p']:.2g})"
+                entry[f"r(NC1, {key})"] = f"{_num(c[key]['r']):+.2f} (p={_num(c[key]['p']):.2g})"
         out.append(entry)
     layers = (corr.get("across_layers") or {}).get("summary") or {}
     if layers:
         entry = {"scope": "across the layers of each network (mean r ± sd; agreeing signs)",
                  "n": next(iter(layers.values()))["n_networks"]}
         for key, v in layers.items():
-            entry[f"r(NC1, {key})"] = (f"{v['mean_r']:+.2f} ± {v['sd_r']:.2f} ({v['n_agree']}/{v['n_networks']})"
+            entry[f"r(NC1, {key})"] = (f"{_num(v['mean_r']):+.2f} ± {_num(v['sd_r']):.2f} "
+                                       f"({v['n_agree']}/{v['n_networks']})"
                                        + (f"; paper {v['paper_r']:+.2f}" if v.get("paper_r") is not None else ""))
         out.append(entry)
     return out
@@ -181,7 +195,7 @@ def report_content(run: RunFolder) -> ReportContent:
     """Headline, the summary table and the correlations for report.html."""
     rows = _rows(run)
     corr = run.read_json("correlations.json") if run.exists("correlations.json") else {}
-    main = [r for r in rows if r["layer"] in (*MAIN_LAYERS, "projector_l2")]
+    main = _main(rows, l2=True)
     headline = {"jobs": len(run.read_jsonl("cells.jsonl")), "layers": len({r["layer"] for r in rows})}
     return ReportContent(
         title="NC control for OOD detection and transfer (Harun, Gallardo & Kanan, ICML 2025)",
@@ -197,12 +211,13 @@ def summary_table(run: RunFolder) -> str:
     """The summary and correlation tables as plain text (what ``nclens run`` prints at the end)."""
     from nclens.core.console import format_table
 
-    rows = [r for r in _rows(run) if r["layer"] in (*MAIN_LAYERS, "projector_l2")]
+    rows = _main(_rows(run), l2=True)
     if not rows:
         return ""
     table = {t.pop("variant / layer"): t for t in _table(rows)}
     corr = run.read_json("correlations.json") if run.exists("correlations.json") else {}
-    parts = [format_table(table, title="NC control for OOD: mean ± std over seeds", row_header="variant / layer").rstrip()]
+    parts = [format_table(table, title="NC control for OOD: mean ± std over seeds",
+                          row_header="variant / layer").rstrip()]
     corr_rows = {r.pop("scope"): r for r in _corr_rows(corr)}
     if corr_rows:
         parts.append(format_table(corr_rows, title="correlations with NC1", row_header="scope").rstrip())

@@ -10,6 +10,9 @@ fashion-mnist  Fashion-MNIST (28×28 real images, local       held-out Fashion-M
                idx files), ``id_classes``, ``per_class``      near OOD), MNIST-5k digits (``mnist``, far,
                training images per class                    real), Gaussian noise, flipped/rotated ID test
                                                             images; transfer = probe on the held-out classes
+features       a feature file of ``nclens extract`` (e.g.         held-out classes' rows (``classes``), a far
+               EfficientNet-Lite0 on Fashion-MNIST), split      file (``far``, e.g. MNIST-5k through the same
+               per class by ``test_fraction``                   network), noise; transfer on held-out classes
 =============  ==========================================  ==============================================
 
 Embedded inputs are centred per input and scaled by one global RMS, both from the ID training data
@@ -27,13 +30,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from nclens.ood.config import DataConfig
 
-__all__ = ["OODData", "load_protocol", "transform_inputs"]
+__all__ = ["OODData", "load_protocol", "feature_protocol", "transform_inputs"]
 
 
 @dataclass
@@ -99,7 +103,8 @@ def _embedded(cfg: DataConfig) -> OODData:
     labels = set(torch.unique(split.y_train).tolist())
     missing = [c for c in (*cfg.id_classes, *cfg.ood_classes) if c not in labels]
     if missing:
-        raise ValueError(f"data.id_classes/ood_classes {missing} are not classes of {cfg.name} (labels {sorted(labels)})")
+        raise ValueError(
+            f"data.id_classes/ood_classes {missing} are not classes of {cfg.name} (labels {sorted(labels)})")
     ids, far = split.subset_classes(list(cfg.id_classes)), split.subset_classes(list(cfg.ood_classes))
     mean = ids.x_train.mean(0)
     scale = (ids.x_train - mean).square().mean().sqrt().clamp_min(1e-8)
@@ -153,6 +158,73 @@ def _images(cfg: DataConfig) -> OODData:
     return OODData(norm(x_tr), y_tr, norm(x_te), y_te, ood, {"classes": (norm(t_tr), ty_tr, norm(t_te), ty_te)})
 
 
-def load_protocol(cfg: DataConfig) -> OODData:
-    """The tensors of ``cfg``'s protocol (see the module docstring)."""
+def _split_rows(labels: Tensor, classes: tuple[int, ...], test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded per-class split of the rows of ``classes`` into (train rows, test rows), each sorted."""
+    gen = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in classes:
+        rows = torch.nonzero(labels == c).flatten()
+        if rows.numel() < 2:
+            raise ValueError(f"class {c} has {rows.numel()} rows in the feature file; it needs at least 2")
+        rows = rows[torch.randperm(rows.numel(), generator=gen)]
+        n_test = min(max(1, round(test_fraction * rows.numel())), rows.numel() - 1)
+        test.append(rows[:n_test])
+        train.append(rows[n_test:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def feature_protocol(cfg: DataConfig, layers: list[str] | None = None, seed: int = 0) -> dict[str, OODData]:
+    """``data.name='features'``: one :class:`OODData` per layer of the feature file, all on the same rows.
+
+    The ID classes' and held-out classes' rows are split per class by ``test_fraction`` (seeded by
+    ``split_seed + seed``); OOD sets: the held-out classes' test rows (``classes``), the far file
+    (``far``, every row) and Gaussian noise with ``noise``; inputs centred per dimension and scaled by
+    one global RMS from the ID training rows (as the embedded protocols).
+    """
+    from nclens.data import read_extracted
+
+    for key, path in (("data.features", cfg.features), ("data.far_features", cfg.far_features)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{key} {path!r} does not exist (write it with nclens extract)")
+    main = read_extracted(cfg.features)
+    far = read_extracted(cfg.far_features) if cfg.far_features else None
+    import json
+
+    order = json.loads(main["metadata"].get("layers", "[]")) or list(main["layers"])
+    names = [n for n in order if n in main["layers"]] if layers is None else list(layers)
+    missing = [n for n in names if n not in main["layers"] or (far is not None and n not in far["layers"])]
+    if missing:
+        raise ValueError(f"data.layer {missing} is not a layer of the feature file(s); layers: {list(main['layers'])}")
+    labels = main["labels"].long()
+    present = set(torch.unique(labels).tolist())
+    absent = [c for c in (*cfg.id_classes, *cfg.ood_classes) if c not in present]
+    if absent:
+        raise ValueError(f"data.id_classes/ood_classes {absent} are not labels of {cfg.features!r}")
+    id_tr, id_te = _split_rows(labels, cfg.id_classes, cfg.test_fraction, cfg.split_seed + seed)
+    ho_tr, ho_te = _split_rows(labels, cfg.ood_classes, cfg.test_fraction, cfg.split_seed + seed)
+    out = {}
+    for name in names:
+        x = main["layers"][name].float()
+        mean = x[id_tr].mean(0)
+        scale = (x[id_tr] - mean).square().mean().sqrt().clamp_min(1e-8)
+
+        def norm(v: Tensor, mean: Tensor = mean, scale: Tensor = scale) -> Tensor:
+            return ((v - mean) / scale).float()
+
+        ood = {"classes": norm(x[ho_te])}
+        if far is not None:
+            ood["far"] = norm(far["layers"][name].float())
+        if cfg.noise:
+            ood["noise"] = _noise(x[id_te], cfg.split_seed + seed).float()
+        out[name] = OODData(norm(x[id_tr]), _relabel(labels[id_tr], cfg.id_classes), norm(x[id_te]),
+                            _relabel(labels[id_te], cfg.id_classes), ood,
+                            {"classes": (norm(x[ho_tr]), _relabel(labels[ho_tr], cfg.ood_classes), norm(x[ho_te]),
+                                         _relabel(labels[ho_te], cfg.ood_classes))})
+    return out
+
+
+def load_protocol(cfg: DataConfig, seed: int = 0) -> OODData:
+    """The tensors of ``cfg``'s protocol (see the module docstring; ``seed`` only moves the feature-file split)."""
+    if cfg.name == "features":
+        return feature_protocol(cfg, [cfg.layer], seed)[cfg.layer]
     return _images(cfg) if cfg.name == "fashion-mnist" else _embedded(cfg)

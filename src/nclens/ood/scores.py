@@ -542,7 +542,8 @@ def pytorch_ood_score(
     try:
         import pytorch_ood.detector as det
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("pytorch_ood_score needs pytorch-ood (and torchvision): pip install 'nclens[ood]'") from exc
+        raise ImportError("pytorch_ood_score needs pytorch-ood and a torchvision built for the installed torch: "
+                          "pip install 'nclens[ood]'") from exc
     with torch.no_grad():
         if name in LOGIT_SCORES:
             if logits is None:
@@ -570,6 +571,9 @@ def pytorch_ood_score(
                 head.bias.data.copy_(bias.float())
             detector = det.NCI(encoder=None, head=head, alpha=alpha).fit_features(z_train)
             return -detector.predict_features(z).double()
+        if not hasattr(det, "NECO"):
+            raise ImportError("this pytorch-ood has no NECO detector (0.4 has none); cross-check NECO against "
+                              "scikit-learn's PCA instead")
         if train_labels is None:
             raise ValueError("neco needs train_labels (pytorch-ood ignores samples labelled < 0)")
         k = n_components if n_components is not None else max(1, int(torch.unique(train_labels).numel()) - 1)

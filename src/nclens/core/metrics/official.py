@@ -14,7 +14,8 @@ Example:
     >>> import torch
     >>> from nclens.core.stats import ClassStats
     >>> from nclens.core.metrics import compute_metrics
-    >>> s = ClassStats(num_classes=2).update(torch.tensor([[0.0, 0], [2, 0], [0, 4], [2, 4]]), torch.tensor([0, 0, 1, 1]))
+    >>> x = torch.tensor([[0.0, 0], [2, 0], [0, 4], [2, 4]], dtype=torch.float64)
+    >>> s = ClassStats(num_classes=2).update(x, torch.tensor([0, 0, 1, 1]))
     >>> w, b = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([-1.0, 0.0])   # μ_G = (1, 2): W μ_G + b = (0, 2)
     >>> compute_metrics(s, w, bias=b, names=["nc4_bias"])
     {'nc4_bias': 2.0}
