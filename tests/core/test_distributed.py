@@ -247,3 +247,81 @@ def _spawn_retrying(fn, args: tuple, outputs: list) -> None:
         for path in outputs:
             shutil.rmtree(path, ignore_errors=True)
         spawn(fn, 2, args, backend="gloo")
+
+
+# --------------------------------------------------------------- issue 13/21: explicit distributed, timeouts
+def _checks_worker(rank: int, out_dir: str) -> None:
+    """Unsharded loader (warning), distributed='off' / a process group, and measure on rank 0 only (timeout)."""
+    import time
+    import warnings
+
+    import torch.distributed as dist
+
+    x, y = _features(n=96)
+    net = nn.Sequential(nn.Linear(6, 5)).double()
+    result: dict = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = measure(net, DataLoader(TensorDataset(x, y), batch_size=32), progress=False)  # not sharded
+    result["unsharded_warning"] = any("not seem to be sharded" in str(w.message) for w in caught)
+    result["unsharded_samples"] = report.info["samples"]
+    shard = DataLoader(TensorDataset(x, y), batch_size=32, sampler=ShardSampler(96, 32))
+    result["off_samples"] = measure(net, shard, distributed="off", progress=False).info["samples"]
+    group = dist.new_group(ranks=[0, 1])
+    result["group_samples"] = measure(net, shard, distributed=group, progress=False).info["samples"]
+    if rank == 0:
+        try:
+            measure(net, shard, timeout_s=3.0, progress=False)
+            result["timeout_error"] = None
+        except RuntimeError as exc:
+            result["timeout_error"] = str(exc)
+    else:
+        time.sleep(6.0)  # never calls measure: rank 0 must fail, naming this rank, instead of waiting
+    torch.save(result, os.path.join(out_dir, f"checks{rank}.pt"))
+
+
+def test_unsharded_warning_explicit_groups_and_missing_rank(tmp_path):
+    _spawn_retrying(_checks_worker, (str(tmp_path),), outputs=[])
+    ranks = [torch.load(tmp_path / f"checks{r}.pt", weights_only=True) for r in range(2)]
+    for r in range(2):
+        assert ranks[r]["unsharded_warning"] and ranks[r]["unsharded_samples"] == 192  # counted twice: warned
+        assert ranks[r]["off_samples"] in (64, 32)  # this rank's shard only
+        assert ranks[r]["group_samples"] == 96
+    message = ranks[0]["timeout_error"]
+    assert message and "measure must be called on every rank: rank(s) [1] did not reach it within 3 s" in message
+
+
+def test_rendezvous_names_the_missing_rank(monkeypatch):
+    import time
+
+    from nclens.core.distributed import free_port, init_from_env
+
+    port = free_port()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("NCLENS_RENDEZVOUS_TIMEOUT", "1.5")
+    monkeypatch.setenv("RANK", "0")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"rank\(s\) \[1\] of WORLD_SIZE=2 never joined"):
+        init_from_env("gloo")
+    assert time.monotonic() - started < 30
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    with pytest.raises(RuntimeError, match="rank 1 could not reach rank 0"):
+        init_from_env("gloo")
+    monkeypatch.setenv("NCLENS_RENDEZVOUS_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="NCLENS_RENDEZVOUS_TIMEOUT must be a number"):
+        init_from_env("gloo")
+
+
+def test_distributed_option_outside_a_group():
+    x, y = _features(n=64)
+    net = nn.Sequential(nn.Linear(6, 5)).double()
+    a = measure(net, [(x, y)], distributed="off", progress=False)
+    b = measure(net, [(x, y)], distributed="auto", progress=False)
+    assert a.metrics == b.metrics and a.info["world_size"] == 1
+    with pytest.raises(ValueError, match="distributed must be 'auto', 'off' or a process group"):
+        measure(net, [(x, y)], distributed="on", progress=False)
+    with pytest.raises(ValueError, match="not initialised"):
+        measure(net, [(x, y)], distributed=object(), progress=False)

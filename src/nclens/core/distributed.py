@@ -45,7 +45,11 @@ import contextlib
 import datetime
 import functools
 import os
+import re
 import socket
+import time
+import warnings
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -74,7 +78,16 @@ __all__ = [
     "distributed_measure",
     "free_port",
     "spawn",
+    "GroupInfo",
+    "resolve_group",
+    "rendezvous",
+    "all_reduce_tensor",
+    "sync_measurement",
+    "RENDEZVOUS_TIMEOUT_S",
 ]
+
+#: How long ranks wait for each other to join a process group (env ``NCLENS_RENDEZVOUS_TIMEOUT`` overrides).
+RENDEZVOUS_TIMEOUT_S = 300.0
 
 _T = TypeVar("_T")
 _BACKENDS = ("gloo", "nccl")
@@ -161,7 +174,9 @@ def context() -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size(), local, backend, device)
 
 
-def init_from_env(backend: str | None = None, *, timeout_s: float = 1800.0) -> DistContext:
+def init_from_env(
+    backend: str | None = None, *, timeout_s: float = 1800.0, rendezvous_timeout_s: float | None = None
+) -> DistContext:
     """Join the process group described by torchrun's environment, or run as one process.
 
     Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (set by
@@ -170,15 +185,23 @@ def init_from_env(backend: str | None = None, *, timeout_s: float = 1800.0) -> D
     script runs with and without torchrun. Calling it again inside an initialised group returns the
     current context.
 
+    The rendezvous is explicit: rank 0 opens a TCP store at ``MASTER_ADDR:MASTER_PORT``, every rank
+    registers in it, and every rank waits at most ``rendezvous_timeout_s`` for all ``WORLD_SIZE``
+    ranks; a peer that never starts makes the others fail with an error naming the missing ranks
+    (rather than rank 0 waiting silently for the collective timeout).
+
     Args:
         backend: ``"nccl"`` or ``"gloo"``; default ``nccl`` when CUDA is available, else ``gloo``.
-        timeout_s: collective timeout.
+        timeout_s: collective timeout of the process group.
+        rendezvous_timeout_s: how long to wait for every rank to join (default
+            :data:`RENDEZVOUS_TIMEOUT_S`, or the env variable ``NCLENS_RENDEZVOUS_TIMEOUT``).
 
     Returns:
         The :class:`DistContext`; on CUDA the current device is set to ``cuda:LOCAL_RANK``.
 
     Raises:
-        ValueError: unknown backend, ``nccl`` without CUDA, inconsistent rank variables.
+        ValueError: unknown backend, ``nccl`` without CUDA, inconsistent rank variables, a bad timeout.
+        RuntimeError: the rendezvous timed out (the message names the ranks that never joined).
     """
     import torch.distributed as dist
 
@@ -198,6 +221,16 @@ def init_from_env(backend: str | None = None, *, timeout_s: float = 1800.0) -> D
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if not os.environ.get(name):
             raise ValueError(f"{name} must be set for a distributed run (torchrun sets it)")
+    port = _env_int("MASTER_PORT")
+    if rendezvous_timeout_s is None:
+        raw = os.environ.get("NCLENS_RENDEZVOUS_TIMEOUT", "")
+        try:
+            rendezvous_timeout_s = float(raw) if raw else RENDEZVOUS_TIMEOUT_S
+        except ValueError as exc:
+            raise ValueError(f"NCLENS_RENDEZVOUS_TIMEOUT must be a number of seconds, got {raw!r}") from exc
+    for label, value in (("timeout_s", timeout_s), ("rendezvous_timeout_s", rendezvous_timeout_s)):
+        if not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+            raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this build of PyTorch")
     chosen = backend or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -205,14 +238,46 @@ def init_from_env(backend: str | None = None, *, timeout_s: float = 1800.0) -> D
         if not torch.cuda.is_available():
             raise ValueError("backend 'nccl' needs CUDA; use 'gloo' on CPU")
         torch.cuda.set_device(local)
+    store = _rendezvous_store(os.environ["MASTER_ADDR"], int(port), rank_, world, float(rendezvous_timeout_s))
     dist.init_process_group(
         backend=chosen,
-        init_method="env://",
+        store=store,
         rank=rank_,
         world_size=world,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
     return context()
+
+
+def _rendezvous_store(addr: str, port: int, rank_: int, world: int, timeout_s: float):
+    """A TCP store every rank has registered in, or an error naming the ranks that never joined."""
+    import torch.distributed as dist
+
+    where = f"MASTER_ADDR={addr} MASTER_PORT={port}"
+    try:
+        store = dist.TCPStore(addr, port, world, is_master=rank_ == 0,
+                              timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+    except Exception as exc:  # noqa: BLE001 - DistStoreError / RuntimeError / OSError, re-raised with context
+        if rank_ == 0:
+            raise RuntimeError(f"rank 0 could not open the rendezvous at {where}: {exc}") from exc
+        raise RuntimeError(
+            f"rank {rank_} could not reach rank 0 at {where} within {timeout_s:g} s: rank 0 never started or "
+            f"listens elsewhere ({exc})"
+        ) from exc
+    store.set(f"nclens/joined/{rank_}", "1")
+    deadline = time.monotonic() + timeout_s
+    keys = [f"nclens/joined/{r}" for r in range(world)]
+    while True:
+        missing = [r for r, key in enumerate(keys) if not store.check([key])]
+        if not missing:
+            return store
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"rendezvous timed out after {timeout_s:g} s: rank(s) {missing} of WORLD_SIZE={world} never joined "
+                f"{where} (this is rank {rank_}); start every rank (torchrun --nproc_per_node={world} ...) or set "
+                f"WORLD_SIZE to the number of processes started"
+            )
+        time.sleep(0.05)
 
 
 def barrier() -> None:
@@ -390,6 +455,163 @@ def distributed_measure(
     report = measure(model, loader, layers, **measure_kwargs)
     report.info["world_size"] = world_size()
     return report
+
+
+# ------------------------------------------------------------ measurement across ranks
+@dataclass(frozen=True)
+class GroupInfo:
+    """The process group a measurement reduces over (``group=None``: the default group)."""
+
+    group: Any
+    rank: int
+    world_size: int
+    backend: str
+
+    @property
+    def device(self) -> torch.device:
+        """Where this group's collectives take tensors (CUDA for NCCL)."""
+        if self.backend == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+
+def resolve_group(distributed: Any = "auto") -> GroupInfo | None:
+    """The group to all-reduce over: ``"auto"`` (the default group when one with > 1 rank is
+    initialised), ``"off"`` (none), or a ``torch.distributed`` process group.
+
+    Raises:
+        ValueError: a process group given while torch.distributed is not initialised, an unknown value.
+    """
+    import torch.distributed as dist
+
+    if distributed == "off" or distributed is None or distributed is False:
+        return None
+    if distributed == "auto" or distributed is True:
+        if not is_distributed() or dist.get_world_size() == 1:
+            if distributed is True:
+                raise ValueError("distributed=True but no torch.distributed process group is initialised")
+            return None
+        return GroupInfo(None, dist.get_rank(), dist.get_world_size(), str(dist.get_backend()))
+    if isinstance(distributed, str):
+        raise ValueError(f"distributed must be 'auto', 'off' or a process group, got {distributed!r}")
+    if not is_distributed():
+        raise ValueError("a process group was given but torch.distributed is not initialised")
+    try:
+        return GroupInfo(distributed, dist.get_rank(distributed), dist.get_world_size(distributed),
+                         str(dist.get_backend(distributed)))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ValueError(f"distributed must be 'auto', 'off' or a process group, got {distributed!r}") from exc
+
+
+def _missing_ranks(message: str) -> list[int]:
+    found = re.findall(r"[Rr]anks?\s+([\d,\s]+?)\s+failed", message)
+    ranks: list[int] = []
+    for chunk in found:
+        ranks += [int(r) for r in re.findall(r"\d+", chunk)]
+    return sorted(set(ranks))
+
+
+def rendezvous(info: GroupInfo, timeout_s: float, what: str = "measure") -> None:
+    """Wait until every rank of ``info`` reached this point, at most ``timeout_s`` seconds.
+
+    On gloo a monitored barrier names the ranks that did not arrive; on other backends a timed
+    all_reduce says that not every rank arrived. Either way the error says that ``what`` must be
+    called on every rank.
+    """
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=float(timeout_s))
+    try:
+        if info.backend == "gloo":
+            dist.monitored_barrier(group=info.group, timeout=timeout, wait_all_ranks=True)
+        else:
+            flag = torch.ones(1, device=info.device)
+            dist.all_reduce(flag, group=info.group, async_op=True).wait(timeout=timeout)
+    except RuntimeError as exc:
+        missing = _missing_ranks(str(exc))
+        who = (f"rank(s) {missing} did not reach it" if missing and info.rank == 0 else
+               "rank 0 did not reach it" if info.rank != 0 else "not every rank reached it")
+        raise RuntimeError(
+            f"{what} must be called on every rank: {who} within {float(timeout_s):g} s (this is rank {info.rank} of "
+            f"{info.world_size}); call it from every process, e.g. not under `if rank == 0:`"
+        ) from exc
+
+
+def all_reduce_tensor(tensor: torch.Tensor, info: GroupInfo, timeout_s: float, what: str = "measure") -> torch.Tensor:
+    """Sum ``tensor`` over the ranks of ``info`` in place, failing after ``timeout_s`` with a clear message."""
+    import torch.distributed as dist
+
+    moved = tensor.to(info.device)
+    try:
+        work = dist.all_reduce(moved, group=info.group, async_op=True)
+        work.wait(timeout=datetime.timedelta(seconds=float(timeout_s)))
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"{what} must be called on every rank: the all-reduce did not complete within {float(timeout_s):g} s "
+            f"(this is rank {info.rank} of {info.world_size})"
+        ) from exc
+    if moved is not tensor:
+        tensor.copy_(moved)
+    return tensor
+
+
+def _all_gather_rows(row: torch.Tensor, info: GroupInfo, timeout_s: float, what: str) -> torch.Tensor:
+    import torch.distributed as dist
+
+    row = row.to(info.device)
+    out = [torch.empty_like(row) for _ in range(info.world_size)]
+    try:
+        dist.all_gather(out, row, group=info.group, async_op=True).wait(timeout=datetime.timedelta(seconds=timeout_s))
+    except RuntimeError as exc:
+        raise RuntimeError(f"{what} must be called on every rank: the gather did not complete within {timeout_s:g} s") \
+            from exc
+    return torch.stack(out).cpu()
+
+
+def sync_measurement(
+    stats: Mapping[str, ClassStats],
+    samples: dict[str, int],
+    fingerprint: Sequence[float] | None,
+    names: Sequence[str],
+    info: GroupInfo,
+    timeout_s: float,
+    what: str = "measure",
+) -> None:
+    """All-reduce a measurement's per-layer statistics across the ranks of ``info``, with checks.
+
+    1. :func:`rendezvous` (every rank must arrive within ``timeout_s``);
+    2. one all_gather of (samples per layer, the first batch's fingerprint, a hash of the layer
+       names): ranks measuring different layers, or a rank without samples for a layer, are an error
+       on every rank (before any rank starts a reduction the others would not join); identical
+       first batches on every rank give a warning that the loader is not sharded;
+    3. :meth:`ClassStats.all_reduce` of every layer; ``samples`` is updated to the global counts.
+    """
+    rendezvous(info, timeout_s, what)
+    layer_hash = float(zlib.crc32("\x00".join(names).encode()))
+    fp = list(fingerprint) if fingerprint is not None else [float("nan")] * 3
+    row = torch.tensor([float(samples[n]) for n in names] + fp + [layer_hash], dtype=torch.float64)
+    table = _all_gather_rows(row, info, timeout_s, what)  # (R, L + 4)
+    if bool((table[:, -1] != table[0, -1]).any()):
+        raise ValueError(f"{what}: the ranks measure different layers (this rank: {list(names)}); every rank must "
+                         f"pass the same layers")
+    counts = table[:, : len(names)]
+    empty = sorted({int(r) for r in (counts == 0).nonzero()[:, 0].tolist()})
+    if empty:
+        raise ValueError(
+            f"{what}: rank(s) {empty} saw no samples for some layers; every rank needs data (shard the loader so that "
+            f"each of the {info.world_size} ranks gets at least one batch, e.g. nclens.core.distributed.shard_loader)"
+        )
+    prints = table[:, len(names): len(names) + 3]
+    if info.world_size > 1 and bool(torch.isfinite(prints).all()) and bool((prints == prints[0]).all()):
+        warnings.warn(
+            f"{what}: every one of the {info.world_size} ranks saw the same first batch: the loader does not seem to "
+            f"be sharded across ranks, so every sample is counted {info.world_size} times. Use "
+            f"nclens.core.distributed.shard_loader(dataset, batch_size) (an exact partition) or a DistributedSampler",
+            stacklevel=3,
+        )
+    for name in names:
+        stats[name].all_reduce(info.group)
+        samples[name] = int(stats[name].total)
 
 
 # ------------------------------------------------------------ local launcher

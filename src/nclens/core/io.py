@@ -14,10 +14,12 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import platform
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -27,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "atomic_write_bytes",
+    "check_output_path",
     "atomic_write_text",
     "write_json",
     "read_json",
@@ -43,25 +46,75 @@ __all__ = [
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename).
+
+    Overwriting an existing file keeps its permission bits; a new file gets the usual ``0o666 & ~umask``.
+    A failure (read-only folder, ``path`` is a directory, a full disk) removes the temporary file,
+    leaves any previous version intact and raises an ``OSError`` that names ``path``.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", str(target))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _named(exc, target) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions of a new file
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)  # keep the permissions of the file we replace
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask  # mkstemp makes 0600; give the usual permissions of a new file
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise _named(exc, target) from None
         raise
+    return target
+
+
+def _named(exc: OSError, target: Path) -> OSError:
+    """``exc`` with the target path as its filename (so the message says which file could not be written)."""
+    if exc.filename is not None and str(exc.filename) == str(target) and str(exc.strerror or "").startswith("cannot"):
+        return exc
+    return type(exc)(exc.errno, f"cannot write {target}: {exc.strerror or exc}", str(target))
+
+
+def check_output_path(out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = (), *,
+                      option: str = "output") -> Path:
+    """Refuse an output path that is an input (it would be overwritten) or an existing directory.
+
+    Example:
+        >>> check_output_path("m.json", ["f.npz"]).name
+        'm.json'
+        >>> check_output_path("f.npz", ["./f.npz"])
+        Traceback (most recent call last):
+        ...
+        ValueError: output path f.npz is also an input; writing it would replace the input. Choose another path
+    """
+    target = Path(out)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{option} path is a directory; give a file path", str(target))
+    resolved = target.resolve()
+    for item in inputs:
+        source = Path(item)
+        same = source.resolve() == resolved
+        if not same and source.exists() and target.exists():
+            same = os.path.samefile(source, target)
+        if same:
+            raise ValueError(f"{option} path {target} is also an input; writing it would replace the input. "
+                             f"Choose another path")
     return target
 
 

@@ -76,6 +76,7 @@ KIND_MODULES: dict[str, str] = {
     "intermediate": "nclens.intermediate.experiment",
     "intermediate-fixed-etf": "nclens.intermediate.experiment",
     "ood": "nclens.ood.experiment",
+    "bounds-sweep": "nclens.bounds.experiment",
 }
 
 #: the keys of a config file that describe it rather than configure it
