@@ -143,17 +143,20 @@ def test_cli_argument_errors(tmp_path):
 
 
 def _run_dir(tmp_path: Path) -> Path:
-    from nclens.intermediate.experiment import run_experiment
-    from nclens.runs.config import config_from_dict
+    from nclens.intermediate.config import IntermediateConfig
+    from nclens.intermediate.experiment import run_intermediate
+    from nclens.runs.config import replace
 
-    cfg = config_from_dict({"name": "t", "data": {"name": "digits"}, "model": {"arch": "mlp", "depth": 2, "width": 16},
-                            "train": {"epochs": 1, "measure_every": 1, "progress": False}})
-    return run_experiment(cfg, tmp_path / "run")
+    cfg = replace(IntermediateConfig(), name="t", data={"name": "digits"},
+                  model={"arch": "mlp", "depth": 2, "width": 16},
+                  train={"epochs": 1, "measure_every": 1, "progress": False})
+    return run_intermediate(cfg, tmp_path / "run", progress=False)
 
 
 def test_cli_checkpoint_of_an_nclens_run(tmp_path):
-    from nclens.runs.config import ExperimentConfig, load_yaml_config
-    from nclens.train.trainer import build_model, load_data
+    from nclens.intermediate.data import load_data
+    from nclens.intermediate.experiment import build_model
+    from nclens.runs.experiment import load_run_config
 
     run = _run_dir(tmp_path)
     out = tmp_path / "ck.safetensors"
@@ -161,7 +164,7 @@ def test_cli_checkpoint_of_an_nclens_run(tmp_path):
                                  "--per-class", "5", "--layers", "all", "--out", str(out), "-q"])
     assert r.exit_code == 0, r.output
     f = read_extracted(out)
-    cfg = load_yaml_config(ExperimentConfig, run / "config.yaml")
+    cfg = load_run_config(run / "config.yaml").config
     bundle = load_data(cfg.data)
     net = build_model(cfg.model, bundle.input_shape, bundle.num_classes)
     net.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["model"])
@@ -174,6 +177,7 @@ def test_cli_checkpoint_of_an_nclens_run(tmp_path):
     torch.testing.assert_close(f["features"], captured["x"], rtol=0, atol=1e-6)  # the classifier's input
     assert torch.equal(f["labels"], bundle.y_test[rows]) and f["labels"].bincount().tolist() == [5] * 10
     assert sorted(f["layers"]) == ["classifier", "fc1", "fc2"]
+    assert f["metadata"]["run_kind"] == "intermediate"
     m = CliRunner().invoke(app, ["measure", str(out), "-q", "--json", str(tmp_path / "m.json")])
     assert m.exit_code == 0, m.output
     # --out equal to an input is refused and the input is left alone

@@ -109,13 +109,17 @@ def _pretrained_job(model_name: str, data_name: str, split: str, root: Path | No
 
 
 def _checkpoint_job(checkpoint: Path, config: Path | None, split: str, per_class: int | None, seed: int):  # noqa: ANN202
+    """Model and data of an ``intermediate`` / ``fixed_etf`` run, rebuilt from its ``config.yaml``.
+
+    Other kinds build their models in their own code; rebuilding them needs a hook on
+    :class:`nclens.runs.experiment.Experiment` (left for the platform).
+    """
     import torch
 
     from nclens.core.probe import default_layers
     from nclens.data.extract import TensorSource
     from nclens.data.images import class_balanced_indices
-    from nclens.runs.config import ExperimentConfig, load_yaml_config
-    from nclens.train.trainer import build_model, load_data
+    from nclens.runs.experiment import load_run_config
 
     config = config if config is not None else checkpoint.parent / "config.yaml"
     if not checkpoint.is_file():
@@ -124,7 +128,15 @@ def _checkpoint_job(checkpoint: Path, config: Path | None, split: str, per_class
         raise FileNotFoundError(f"config not found: {config} (pass --config RUN_DIR/config.yaml)")
     if split not in ("train", "test"):
         raise ValueError(f"a checkpoint's data has splits 'train' and 'test', got --split {split!r}")
-    cfg = load_yaml_config(ExperimentConfig, config)
+    spec = load_run_config(config)
+    kind = spec.experiment.kind
+    if kind not in ("intermediate", "fixed_etf"):
+        raise ValueError(f"--checkpoint rebuilds the model of 'intermediate' and 'fixed_etf' runs; {config} is a "
+                         f"{kind!r} run")
+    from nclens.intermediate.data import load_data
+    from nclens.intermediate.experiment import build_model
+
+    cfg = spec.config
     bundle = load_data(cfg.data)
     model = build_model(cfg.model, bundle.input_shape, bundle.num_classes)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -137,11 +149,12 @@ def _checkpoint_job(checkpoint: Path, config: Path | None, split: str, per_class
     names = default_layers(model)
     info = {
         "model": f"checkpoint:{checkpoint.name}",
+        "run_kind": kind,
         "architecture": cfg.model.arch,
         "checkpoint_epoch": int(state.get("epoch", -1)) if isinstance(state, dict) else -1,
         "dataset": cfg.data.name,
         "split": split,
-        "preprocessing": "the run's own (nclens.train.trainer.load_data of its config)",
+        "preprocessing": "the run's own (nclens.intermediate.data.load_data of its config)",
     }
     return model, source, None, names[-1:], names, "input", info, [checkpoint, config]
 
@@ -154,8 +167,8 @@ def register(app: typer.Typer) -> None:
             None, help="A packaged pretrained network: efficientnet-lite0 | efficientnet-lite1 | efficientnet-lite2."
         ),
         checkpoint: Path | None = typer.Option(
-            None, help="Instead of --model: a checkpoint.pt written by an nclens run (its data come from the run's "
-            "config)."
+            None, help="Instead of --model: the checkpoint.pt of an nclens 'intermediate' or 'fixed_etf' run (its "
+            "model and data are rebuilt from the run's config)."
         ),
         config: Path | None = typer.Option(None, help="The run's config.yaml (default: beside --checkpoint)."),
         data: str | None = typer.Option(
