@@ -16,7 +16,7 @@ the axes is ours).
 Example:
     >>> rows = [{"variant": "baseline", "alpha": 0.0, "seed": s, "layer": "encoder", "nc1": 0.1 * (s + 1)}
     ...         for s in range(3)]
-    >>> summarise(rows, keys=("nc1",))[0]["nc1"]
+    >>> round(summarise(rows, keys=("nc1",))[0]["nc1"], 12)
     0.2
 """
 
