@@ -1,10 +1,10 @@
-"""``nclens ood CONFIG.yaml``: the NC-control-for-OOD experiment (baseline / +entropy / +projector / both).
+"""``nclens ood CONFIG``: the NC-control-for-OOD experiment — a thin alias of ``nclens run`` for kind ``ood``.
 
 Example:
-    $ nclens ood experiments/ood_digits.yaml --out runs/ood_digits
-    $ nclens ood experiments/ood_digits.yaml --out runs/quick --set train.epochs=5 --set "seeds=[0]"
-    $ nclens ood experiments/ood_digits_sweep.yaml --out runs/ood_digits_sweep   # α sweep
-    $ nclens ood experiments/ood_digits.yaml --out runs/full --set "transfer.shots_per_class=null"
+    $ nclens ood ood_digits --out runs/ood_digits
+    $ nclens ood ood_digits --out runs/quick --set train.epochs=5 --set "seeds=[0]"
+    $ nclens ood ood_fashion_mnist --out runs/ood_fmnist          # the real-image protocol (issue 18)
+    $ nclens ood ood_digits --out runs/ood_digits --resume        # after Ctrl-C or a kill
 """
 
 from __future__ import annotations
@@ -16,44 +16,29 @@ import typer
 __all__ = ["register"]
 
 
-def _fail(message: str, code: int = 2) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
 def register(app: typer.Typer) -> None:
+    """Add ``nclens ood``."""
+
     @app.command("ood")
     def ood_command(
-        config: Path = typer.Argument(..., help="YAML config (see experiments/ood_*.yaml)."),
-        out: Path | None = typer.Option(
-            None, "--out", "-o", help="Run folder (default runs/<name>); rerunning with it resumes."
-        ),
-        overrides: list[str] = typer.Option(
-            [], "--set", "-s", help="Override a config key: key=value or section.key=value (YAML value)."
-        ),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the summary table."),
+        config: str = typer.Argument("ood_digits",
+                                     help="an ood config file or shipped name (nclens configs --kind ood)"),
+        out: Path | None = typer.Option(None, "--out", "-o", help="run folder (default runs/<name>-<time>)"),
+        set_: list[str] = typer.Option([], "--set", "-s", help="override, e.g. --set train.epochs=5 (repeatable)"),
+        resume: bool = typer.Option(False, "--resume", help="continue the run in --out (finished jobs are kept)"),
+        report: bool = typer.Option(True, "--report/--no-report", help="write figures and report.html"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+        threads: int = typer.Option(1, "--threads", min=1,
+                                     help="torch CPU threads (1 is fastest for these small nets)"),
     ) -> None:
-        """Train and evaluate the four NC-control variants; write tables, correlations and figures.
+        """Train the NC-control variants (baseline / +KoLeo / +ETF projector / both); NC, OOD detection and
+        transfer per layer, and their correlations (Harun, Gallardo & Kanan, ICML 2025)."""
+        from nclens.cli._common import fail, user_errors
+        from nclens.cli.run import execute
+        from nclens.runs.experiment import load_run_config
 
-        Per variant, KoLeo weight α and layer (encoder, projector): NC1–NC4, OOD detection (AUROC,
-        AUPR, FPR95 of each score and OOD set) and linear-probe transfer accuracy (few-shot with
-        transfer.shots_per_class, and on the full transfer split); then the Pearson correlation of
-        NC1 with detection and with transfer (Harun, Gallardo & Kanan, ICML 2025).
-        """
-        from nclens.ood.experiment import format_summary, load_config, run_experiment
-
-        try:
-            cfg = load_config(config, overrides)
-        except (FileNotFoundError, ValueError, TypeError) as exc:
-            _fail(str(exc))
-        folder = out if out is not None else Path("runs") / cfg.name
-        try:
-            result = run_experiment(cfg, folder, progress=progress)
-        except (FileNotFoundError, ValueError, ImportError) as exc:
-            _fail(str(exc))
-        if not quiet:
-            typer.echo(format_summary(result))
-            typer.echo(f"run folder: {folder}")
+        with user_errors():
+            kind = load_run_config(config).experiment.kind
+        if kind != "ood":
+            fail(f"{config!r} is a {kind!r} config; nclens ood runs kind 'ood' configs (nclens configs --kind ood)")
+        execute(config, set_, out=out, resume=resume, progress=progress, threads=threads, report=report)

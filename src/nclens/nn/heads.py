@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from nclens.core.geometry import simplex_etf
 
-__all__ = ["FixedETFClassifier", "etf_classifier_weight", "ETFProjector", "etf_projector_weight"]
+__all__ = ["FixedETFClassifier", "etf_classifier_weight", "ETFProjector", "etf_projector_weight", "FrozenLinear",
+           "L2Normalize"]
 
 
 def etf_classifier_weight(num_classes: int, in_features: int, *, seed: int = 0,
@@ -84,25 +85,62 @@ class FixedETFClassifier(nn.Module):
                 f"bias={self.bias is not None}, fixed ETF")
 
 
-def etf_projector_weight(out_dim: int, in_dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """√(c/(c−1)) (I_{out×in} − (1/c)·11ᵀ) with c = ``out_dim`` (Harun, Gallardo & Kanan, ICML 2025).
+def etf_projector_weight(out_dim: int, in_dim: int, c: int | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """√(c/(c−1)) (I_{out×in} − (1/c)·11ᵀ) (Harun, Gallardo & Kanan, ICML 2025).
 
-    I_{out×in} is the rectangular identity (ones on the main diagonal). For out = in = c the rows
-    are unit vectors with pairwise cosine −1/(c−1): a simplex ETF of c vertices.
+    I_{out×in} is the rectangular identity (ones on the main diagonal) and 11ᵀ the out×in matrix of
+    ones. ``c`` defaults to ``out_dim``. The official code (``yousuf907/NC-OOD``,
+    ``resnet/resnet_etf.py``, ``ResNet.__init__``) uses, for *both* layers of the projector, c = the
+    projector's **output** dimension (``c = output_dim``): :class:`ETFProjector` passes ``c=dim``. For
+    out = in = c the rows are unit vectors with pairwise cosine −1/(c−1): a simplex ETF of c vertices.
 
     Example:
         >>> w = etf_projector_weight(4, 4)
         >>> torch.allclose(w @ w.T, (4 / 3) * (torch.eye(4) - 0.25))
         True
+        >>> etf_projector_weight(3, 2, c=2)            # √2 (I_{3×2} − ½): the official first layer for d = 2
+        tensor([[ 0.7071, -0.7071],
+                [-0.7071,  0.7071],
+                [-0.7071, -0.7071]])
     """
     for label, value in (("out_dim", out_dim), ("in_dim", in_dim)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
-    if out_dim < 2:
-        raise ValueError(f"an ETF projector layer needs out_dim >= 2 (c/(c−1) is undefined for c=1), got {out_dim}")
-    c = out_dim
+    c = out_dim if c is None else c
+    if not isinstance(c, int) or isinstance(c, bool) or c < 2:
+        raise ValueError(f"an ETF projector layer needs c >= 2 (c/(c−1) is undefined for c=1), got c={c!r}")
     eye = torch.eye(out_dim, in_dim, dtype=torch.float64)
     return ((c / (c - 1)) ** 0.5 * (eye - 1.0 / c)).to(dtype)
+
+
+class FrozenLinear(nn.Module):
+    """y = x Wᵀ with W a fixed buffer (never trained, saved in ``state_dict``, moved by ``.to``)."""
+
+    weight: Tensor
+
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - nn.Module API
+        return x @ self.weight.to(x.dtype).T
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, frozen=True"
+
+
+class L2Normalize(nn.Module):
+    """Row-wise x / max(‖x‖₂, ε)."""
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - nn.Module API
+        return nn.functional.normalize(x, dim=1, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
 
 
 class ETFProjector(nn.Module):
@@ -113,15 +151,22 @@ class ETFProjector(nn.Module):
     *enforce* neural collapse in the projector's output (better OOD detection) while the encoder
     keeps more spread features (better transfer)::
 
-        ETFProjector(x) = normalise(W₂ ReLU(W₁ x)),  W_l = √(c/(c−1)) (I_{out×in} − (1/c)·11ᵀ),  c = out
+        ETFProjector(x) = normalise(W₂ ReLU(W₁ x)),  W_l = √(c/(c−1)) (I_{out×in} − (1/c)·11ᵀ),  c = d
 
-    with W₁ (hidden×d), W₂ (d×hidden), hidden = ``expansion``·d. The weights are *buffers*: never
-    trained (no gradient, absent from ``parameters()``), yet saved in ``state_dict`` and moved by
-    ``.to(device)``.
+    with W₁ (hidden×d), W₂ (d×hidden), hidden = ``expansion``·d and — as in the official code
+    (``yousuf907/NC-OOD``, ``resnet/resnet_etf.py``: ``shape, c = self.projection_head[i].weight.shape,
+    output_dim`` for both layers) — c = d, the projector's output dimension, for **both** layers. The
+    normalisation uses ε = 1e-8 (``F.normalize(xe, eps=1e-8)`` there).
+
+    The pieces are named modules so that a forward hook can read each: ``fc1`` (W₁), ``relu``, ``fc2``
+    (W₂: the output *before* L2 normalisation — the official ``projection_head.2``, where the paper
+    measures collapse) and ``norm`` (the normalised output the classifier sees). The weights are
+    *buffers*: never trained (no gradient, absent from ``parameters()``), yet saved in ``state_dict``
+    and moved by ``.to(device)``.
 
     Args:
         dim: d, input and output dimension (≥ 2).
-        expansion: hidden width multiplier (4 in the paper).
+        expansion: hidden width multiplier (4 in the paper: 512 → 2048 → 512).
         normalize: L2-normalise the output (the paper does).
         eps: floor of the norm in the normalisation.
 
@@ -132,12 +177,11 @@ class ETFProjector(nn.Module):
         ((5, 8), [])
         >>> torch.allclose(out.norm(dim=1), torch.ones(5))
         True
+        >>> [name for name, _ in proj.named_children()]
+        ['fc1', 'relu', 'fc2', 'norm']
     """
 
-    weight1: Tensor
-    weight2: Tensor
-
-    def __init__(self, dim: int, expansion: int = 4, *, normalize: bool = True, eps: float = 1e-12) -> None:
+    def __init__(self, dim: int, expansion: int = 4, *, normalize: bool = True, eps: float = 1e-8) -> None:
         super().__init__()
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2:
             raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
@@ -145,15 +189,26 @@ class ETFProjector(nn.Module):
             raise ValueError(f"expansion must be a positive integer, got {expansion!r}")
         self.dim, self.expansion, self.normalize, self.eps = dim, expansion, normalize, float(eps)
         hidden = expansion * dim
-        self.register_buffer("weight1", etf_projector_weight(hidden, dim))  # (4d, d)
-        self.register_buffer("weight2", etf_projector_weight(dim, hidden))  # (d, 4d)
+        self.fc1 = FrozenLinear(etf_projector_weight(hidden, dim, c=dim))  # (4d, d)
+        self.relu = nn.ReLU()
+        self.fc2 = FrozenLinear(etf_projector_weight(dim, hidden, c=dim))  # (d, 4d)
+        self.norm: nn.Module = L2Normalize(eps) if normalize else nn.Identity()
+
+    @property
+    def weight1(self) -> Tensor:
+        """W₁ (hidden×d)."""
+        return self.fc1.weight
+
+    @property
+    def weight2(self) -> Tensor:
+        """W₂ (d×hidden)."""
+        return self.fc2.weight
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - nn.Module API
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"ETFProjector expects (B, {self.dim}) inputs, got shape {tuple(x.shape)}")
-        h = torch.relu(x @ self.weight1.to(x.dtype).T)  # (B, 4d)
-        out = h @ self.weight2.to(x.dtype).T  # (B, d)
-        return nn.functional.normalize(out, dim=1, eps=self.eps) if self.normalize else out
+        return self.norm(self.fc2(self.relu(self.fc1(x))))  # (B, d) -> (B, 4d) -> (B, d)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, hidden={self.expansion * self.dim}, normalize={self.normalize}, frozen=True"
+        return (f"dim={self.dim}, hidden={self.expansion * self.dim}, c={self.dim}, normalize={self.normalize}, "
+                "frozen=True")

@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,10 +60,10 @@ __all__ = [
     "nci_score",
     "NECO",
     "ood_metrics",
+    "official_detection_metrics",
     "auroc",
     "aupr",
     "fpr_at_tpr",
-    "LinearProbe",
     "pytorch_ood_score",
     "summarise_sets",
 ]
@@ -438,100 +437,75 @@ def ood_metrics(id_scores: Any, ood_scores: Any, positive: str = "id", tpr: floa
     }
 
 
-# --------------------------------------------------------------- linear probe
-@dataclass(frozen=True)
-class _ProbeData:
-    x: np.ndarray
-    y: np.ndarray
+def _official_curve(known: np.ndarray, novel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(tp, fp) of the official ``get_curve``, vectorised.
+
+    State l (0 ≤ l ≤ N, N = N_k + N_n) counts the ID (tp) and OOD (fp) scores left above the
+    threshold after the l smallest of all scores are removed (on a tie an ID score goes first); a
+    state whose threshold would fall between two equal scores takes the state after the tie (the
+    official loop ``if all[j] == all[j-1]: tp[j] = tp[j+1]``).
+    """
+    n_k, n_n = known.size, novel.size
+    scores = np.concatenate([known, novel])
+    is_known = np.concatenate([np.ones(n_k, dtype=bool), np.zeros(n_n, dtype=bool)])
+    order = np.lexsort((~is_known, scores))  # ascending score; on a tie ID first
+    s_sorted, k_sorted = scores[order], is_known[order]
+    removed_k = np.concatenate([[0], np.cumsum(k_sorted)])  # (N+1,)
+    tp = n_k - removed_k
+    fp = n_n - (np.arange(n_k + n_n + 1) - removed_k)
+    # tie fix: state l (1 ≤ l ≤ N−1) with s[l] == s[l−1] takes the state of the next l' that is not such a state
+    tie = np.zeros(n_k + n_n + 1, dtype=bool)
+    tie[1:-1] = s_sorted[1:] == s_sorted[:-1]
+    idx = np.arange(n_k + n_n + 1)
+    nxt = np.where(tie, n_k + n_n + 1, idx)  # for ties look forward to the first non-tie state
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+    return tp[nxt], fp[nxt]
 
 
-class LinearProbe:
-    """Multinomial logistic regression on frozen features (scikit-learn), standardised first.
+def official_detection_metrics(id_scores: Any, ood_scores: Any) -> dict[str, float]:
+    """FPR, DTERR, AUROC, AUIN and AUOUT exactly as the official code of Harun et al. (ICML 2025) computes them.
 
-    The learned map is returned in the *raw* feature coordinates: logits = h Wᵀ + b with
-    W = coef / scale and b = intercept − W·mean, so it can serve as the layer's classifier for NC3,
-    NC4 and logit-based OOD scores.
+    ``yousuf907/NC-OOD``, ``ood_det/metrics.py`` (``cal_metric`` / ``get_curve``, from the energy-OOD
+    code of Liu et al. 2020), ID = positive, scores in the ID convention (higher = more ID); with
+    (tp, fp) the ID / OOD counts above each threshold of the sorted pooled scores:
 
-    Args:
-        C: inverse L2 regularisation strength of ``LogisticRegression``.
-        max_iter: L-BFGS iterations.
-        standardize: standardise features with the training mean/std before fitting.
-        seed: ``random_state`` (L-BFGS is deterministic; kept for solvers that are not).
+    * ``fpr`` — share of OOD scores ``>`` the ID score at index round(0.05·N_k) of the sorted ID
+      scores (≈ FPR at 95 % TPR; differs from :func:`fpr_at_tpr` by that choice of threshold);
+    * ``dterr`` — detection error min_t (FN(t) + FP(t)) / (N_k + N_n);
+    * ``auroc`` — trapezoid area of the ROC with endpoints (1, 1) and (0, 0);
+    * ``auin`` / ``auout`` — trapezoid areas under the precision–recall curves of ID (positive) and
+      of OOD (positive), with the official end points (precision ½ at recall 1 and 0 at recall 0).
 
-    Attributes:
-        classes_: (K,) labels.  weight_: (K, D) float64 tensor.  bias_: (K,) float64 tensor.
+    Vectorised (no loop over samples); the tests check it against a transcription of the official loop.
 
     Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> x = torch.randn(60, 3, generator=g) + 4 * torch.eye(3)[torch.arange(60) % 3]
-        >>> probe = LinearProbe().fit(x, torch.arange(60) % 3)
-        >>> probe.score(x, torch.arange(60) % 3)
-        1.0
+        >>> m = official_detection_metrics([3.0, 2.0, 1.0, 0.5], [0.0, -1.0])
+        >>> m["auroc"], m["dterr"], m["fpr"]
+        (1.0, 0.0, 0.0)
     """
-
-    def __init__(self, C: float = 1.0, max_iter: int = 1000, standardize: bool = True, seed: int = 0) -> None:
-        if not C > 0:
-            raise ValueError(f"C must be > 0, got {C!r}")
-        if not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-        self.C = C
-        self.max_iter = max_iter
-        self.standardize = standardize
-        self.seed = seed
-
-    @staticmethod
-    def _data(features: Any, labels: Any | None = None) -> _ProbeData:
-        x = validate_features(features if isinstance(features, Tensor) else torch.as_tensor(features))
-        y = None if labels is None else validate_labels(labels, x.shape[0]).cpu().numpy()
-        return _ProbeData(x.detach().cpu().to(torch.float64).numpy(), y)
-
-    def fit(self, features: Any, labels: Any) -> LinearProbe:
-        """Fit on (N, D) features and (N,) integer labels (at least 2 classes)."""
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-
-        data = self._data(features, labels)
-        if np.unique(data.y).size < 2:
-            raise ValueError(f"a linear probe needs at least 2 classes, got labels {np.unique(data.y).tolist()}")
-        mean = data.x.mean(0) if self.standardize else np.zeros(data.x.shape[1])
-        std = data.x.std(0) if self.standardize else np.ones(data.x.shape[1])
-        std = np.where(std > 1e-12, std, 1.0)
-        model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit((data.x - mean) / std, data.y)
-        coef = model.coef_ / std  # (K, D) in raw coordinates
-        intercept = model.intercept_ - coef @ mean
-        if coef.shape[0] == 1:  # binary: sklearn keeps one row; expand to two logits [0, f]
-            coef = np.vstack([np.zeros_like(coef), coef])
-            intercept = np.concatenate([[0.0], intercept])
-        self.classes_ = model.classes_
-        self.weight_ = torch.from_numpy(coef.astype(np.float64))
-        self.bias_ = torch.from_numpy(np.asarray(intercept, dtype=np.float64))
-        return self
-
-    def _check(self) -> None:
-        if not hasattr(self, "weight_"):
-            raise RuntimeError("the probe is not fitted: call fit(features, labels) first")
-
-    def logits(self, features: Any) -> Tensor:
-        """(N, K) float64 logits h Wᵀ + b."""
-        self._check()
-        x = torch.from_numpy(self._data(features).x)
-        if x.shape[1] != self.weight_.shape[1]:
-            raise ValueError(f"features have dimension {x.shape[1]}, the probe was fitted on D={self.weight_.shape[1]}")
-        return x @ self.weight_.T + self.bias_
-
-    def predict(self, features: Any) -> np.ndarray:
-        """(N,) predicted labels."""
-        return self.classes_[self.logits(features).argmax(dim=1).numpy()]
-
-    def score(self, features: Any, labels: Any) -> float:
-        """Accuracy on (features, labels)."""
-        data = self._data(features, labels)
-        return float((self.predict(features) == data.y).mean())
+    known, novel = _pair(id_scores, ood_scores)
+    known, novel = np.sort(known), np.sort(novel)
+    n_k, n_n = known.size, novel.size
+    threshold = known[min(round(0.05 * n_k), n_k - 1)]
+    tp, fp = _official_curve(known, novel)
+    tp, fp = tp.astype(np.float64), fp.astype(np.float64)
+    trapz = getattr(np, "trapezoid", None) or np.trapz
+    tpr = np.concatenate([[1.0], tp / tp[0], [0.0]])
+    fpr = np.concatenate([[1.0], fp / fp[0], [0.0]])
+    out = {"fpr": float(np.sum(novel > threshold) / n_n)}
+    out["dterr"] = float(((tp[0] - tp + fp) / (tp[0] + fp[0])).min())
+    out["auroc"] = float(-trapz(1.0 - fpr, tpr))
+    denom = tp + fp
+    denom[denom == 0.0] = -1.0
+    pin_ind = np.concatenate([[True], denom > 0.0, [True]])
+    pin = np.concatenate([[0.5], tp / denom, [0.0]])
+    out["auin"] = float(-trapz(pin[pin_ind], tpr[pin_ind]))
+    denom = tp[0] - tp + fp[0] - fp
+    denom[denom == 0.0] = -1.0
+    pout_ind = np.concatenate([[True], denom > 0.0, [True]])
+    pout = np.concatenate([[0.0], (fp[0] - fp) / denom, [0.5]])
+    out["auout"] = float(trapz(pout[pout_ind], 1.0 - fpr[pout_ind]))
+    return out
 
 
 # ------------------------------------------------------- pytorch-ood cross-check
@@ -568,7 +542,8 @@ def pytorch_ood_score(
     try:
         import pytorch_ood.detector as det
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("pytorch_ood_score needs pytorch-ood (and torchvision): pip install 'nclens[ood]'") from exc
+        raise ImportError("pytorch_ood_score needs pytorch-ood and a torchvision built for the installed torch: "
+                          "pip install 'nclens[ood]'") from exc
     with torch.no_grad():
         if name in LOGIT_SCORES:
             if logits is None:
@@ -596,6 +571,9 @@ def pytorch_ood_score(
                 head.bias.data.copy_(bias.float())
             detector = det.NCI(encoder=None, head=head, alpha=alpha).fit_features(z_train)
             return -detector.predict_features(z).double()
+        if not hasattr(det, "NECO"):
+            raise ImportError("this pytorch-ood has no NECO detector (0.4 has none); cross-check NECO against "
+                              "scikit-learn's PCA instead")
         if train_labels is None:
             raise ValueError("neco needs train_labels (pytorch-ood ignores samples labelled < 0)")
         k = n_components if n_components is not None else max(1, int(torch.unique(train_labels).numel()) - 1)

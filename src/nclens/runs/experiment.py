@@ -77,6 +77,7 @@ KIND_MODULES: dict[str, str] = {
     "intermediate-fixed-etf": "nclens.intermediate.experiment",
     "multilabel": "nclens.multilabel.experiment",
     "multilabel-ufm": "nclens.multilabel.experiment",
+    "ood": "nclens.ood.experiment",
     "bounds-sweep": "nclens.bounds.experiment",
     "gnn": "nclens.graph.experiment",
     "gufm": "nclens.graph.experiment",

@@ -87,8 +87,9 @@ def compute_metrics(
     *,
     names: Iterable[str] | None = None,
     on_undefined: str = "nan",
+    bias: Tensor | None = None,
 ) -> dict[str, float]:
-    """Every applicable multi-class metric of the registry for ``stats`` (and ``weight`` when given).
+    """Every applicable multi-class metric of the registry for ``stats`` (and ``weight``/``bias`` when given).
 
     Args:
         stats: per-class statistics of one layer.
@@ -99,6 +100,8 @@ def compute_metrics(
             than the metric needs) is NaN and one :class:`~nclens.core.errors.UndefinedMetricWarning`
             names it and why; ``"raise"`` — the :class:`~nclens.core.errors.UndefinedMetricError`
             propagates.
+        bias: optional classifier bias b (K,) (with ``weight``), for the metrics that need it
+            (``nc4_bias``).
 
     Returns:
         ``{name: value}`` in registry order. Metrics needing the D×D scatter are left out for
@@ -108,11 +111,15 @@ def compute_metrics(
     if not isinstance(stats, ClassStats):
         raise TypeError(f"compute_metrics expects ClassStats, got {type(stats).__name__}")
     have = scatter_available(stats) | ({"weight"} if weight is not None else set())
-    return registry.evaluate(stats, weight, kind="multiclass", have=have, names=names, on_undefined=on_undefined)
+    if weight is not None and bias is not None:
+        have.add("bias")
+    return registry.evaluate(stats, weight, kind="multiclass", have=have, names=names, on_undefined=on_undefined,
+                             bias=bias)
 
 
 # the multi-label metrics and the official variants of Rangamani et al. 2023 (within_share_classavg,
 # nc1_official, ...) register themselves on import; load them so the registry is complete
 from nclens.core.metrics import multilabel as _multilabel  # noqa: E402,F401
 from nclens.core.metrics import official as _official  # noqa: E402,F401
+from nclens.core.metrics import official_nc4 as _official_nc4  # noqa: E402,F401  (Harun et al.'s NC4)
 from nclens.core.metrics import orthogonal as _orthogonal  # noqa: E402,F401  (OF variants, default=False)

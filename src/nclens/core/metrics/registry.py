@@ -8,6 +8,7 @@ README's metric table is that command's Markdown output, and a test keeps the tw
 What a metric needs (``needs``):
 
 * ``"weight"`` — the classifier W (K×D), row k for the k-th class in ascending label order;
+* ``"bias"`` — the classifier's bias b (K,) (with W): ``fn(stats, weight, bias)``;
 * ``"scatter"`` — Σ_W on the span of the centred class means (the full D×D scatter, or the projected
   scatter of a two-pass measurement);
 * ``"full_scatter"`` — the whole D×D scatter (e.g. an eigen-spectrum);
@@ -55,7 +56,7 @@ __all__ = [
     "order_columns",
 ]
 
-NEEDS = ("weight", "scatter", "full_scatter", "samples", "layer")
+NEEDS = ("weight", "bias", "scatter", "full_scatter", "samples", "layer")
 KINDS = ("multiclass", "multilabel")
 ON_UNDEFINED = ("nan", "raise")
 
@@ -197,6 +198,7 @@ def evaluate(
     have: set[str],
     names: Iterable[str] | None = None,
     on_undefined: str = "nan",
+    bias: Any = None,
 ) -> dict[str, float]:
     """Evaluate registered metrics of ``kind`` on ``stats`` (the engine of ``compute_metrics``).
 
@@ -208,6 +210,7 @@ def evaluate(
         names: restrict to these names (unknown names are an error listing the valid ones); a named
             metric whose needs are not met is an error saying what is missing.
         on_undefined: ``"nan"`` (NaN and one :class:`UndefinedMetricWarning`) or ``"raise"``.
+        bias: the classifier's bias (metrics needing ``"bias"`` get ``fn(stats, weight, bias)``).
     """
     if on_undefined not in ON_UNDEFINED:
         raise ValueError(f"on_undefined must be one of {ON_UNDEFINED}, got {on_undefined!r}")
@@ -223,13 +226,14 @@ def evaluate(
                     f"metric {s.name!r} needs {', '.join(missing) or 'a pass over the samples'}, which "
                     f"compute_metrics does not have here"
                     + (" (pass weight=W)" if "weight" in missing else "")
+                    + (" (pass bias=b)" if "bias" in missing else "")
                     + (" (these statistics keep no D×D scatter)" if set(missing) & {"scatter", "full_scatter"} else "")
                 )
     out: dict[str, float] = {}
     undefined: dict[str, str] = {}
     for spec in specs:
         try:
-            value = spec.fn(stats, weight)
+            value = spec.fn(stats, weight, bias) if "bias" in spec.needs else spec.fn(stats, weight)
         except UndefinedMetricError as exc:
             if on_undefined == "raise":
                 raise

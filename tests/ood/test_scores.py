@@ -1,10 +1,8 @@
-"""OOD scores, detection metrics (both conventions), probes, the ETF projector and the experiment."""
+"""OOD scores and detection metrics (both conventions, and the official ones), probes, transfer."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import math
 
 import numpy as np
 import pytest
@@ -13,9 +11,9 @@ from scipy.special import logsumexp, softmax
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from nclens.core.stats import ClassStats
-from nclens.nn.heads import ETFProjector, etf_projector_weight
 from nclens.ood import (
     NECO,
+    AdamWProbe,
     LinearProbe,
     Mahalanobis,
     aupr,
@@ -26,63 +24,14 @@ from nclens.ood import (
     max_logit_score,
     msp_score,
     nci_score,
+    official_detection_metrics,
     ood_metrics,
     pytorch_ood_score,
 )
 
 HAS_PYTORCH_OOD = importlib.util.find_spec("pytorch_ood") is not None
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
-# --------------------------------------------------------------- projector
-def test_etf_projector_weights_exact():
-    d = 6
-    proj = ETFProjector(d)
-    for w, (rows, cols) in ((proj.weight1, (4 * d, d)), (proj.weight2, (d, 4 * d))):
-        c = rows
-        ref = np.sqrt(c / (c - 1)) * (np.eye(rows, cols) - np.full((rows, cols), 1.0 / c))
-        assert w.shape == (rows, cols)
-        np.testing.assert_allclose(w.numpy(), ref, rtol=0, atol=1e-7)
-    # square case: a simplex ETF of unit rows with cosine −1/(c−1)
-    w = etf_projector_weight(5, 5, dtype=torch.float64)
-    np.testing.assert_allclose((w @ w.T).numpy(), 1.25 * (np.eye(5) - 0.2), atol=1e-12)
-
-
-def test_etf_projector_forward_matches_numpy_and_is_normalised():
-    g = torch.Generator().manual_seed(0)
-    proj = ETFProjector(4)
-    x = torch.randn(7, 4, generator=g)
-    w1, w2 = proj.weight1.double().numpy(), proj.weight2.double().numpy()
-    h = np.maximum(x.double().numpy() @ w1.T, 0.0) @ w2.T
-    ref = h / np.linalg.norm(h, axis=1, keepdims=True)
-    np.testing.assert_allclose(proj(x).double().numpy(), ref, atol=1e-6)
-    assert torch.allclose(proj(x).norm(dim=1), torch.ones(7), atol=1e-6)
-    assert ETFProjector(4, normalize=False)(x).norm(dim=1).sub(1).abs().max() > 1e-3
-
-
-def test_etf_projector_frozen_no_gradient():
-    proj = ETFProjector(8)
-    before = {k: v.clone() for k, v in proj.state_dict().items()}
-    assert list(proj.parameters()) == []
-    assert set(before) == {"weight1", "weight2"}
-    assert not proj.weight1.requires_grad and not proj.weight2.requires_grad
-    model = torch.nn.Sequential(torch.nn.Linear(3, 8), proj, torch.nn.Linear(8, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9, weight_decay=0.1)
-    for _ in range(3):
-        opt.zero_grad()
-        model(torch.randn(5, 3)).square().sum().backward()
-        opt.step()
-    assert proj.weight1.grad is None and proj.weight2.grad is None
-    assert model[0].weight.grad is not None  # gradient flows *through* the projector
-    for k, v in proj.state_dict().items():
-        assert torch.equal(v, before[k])
-    with pytest.raises(ValueError, match="dim"):
-        ETFProjector(1)
-    with pytest.raises(ValueError, match=r"\(B, 8\)"):
-        proj(torch.randn(2, 5))
-
-
-# ------------------------------------------------------------ logit scores
 def test_logit_scores_match_scipy():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(50, 7, generator=g, dtype=torch.float64) * 4
@@ -253,8 +202,115 @@ def test_linear_probe_matches_sklearn_pipeline():
     ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=1000, random_state=0)).fit(x.numpy(), y)
     np.testing.assert_allclose(probe.logits(x).numpy(), ref.decision_function(x.numpy()), rtol=1e-6, atol=1e-6)
     assert probe.score(x, y) == pytest.approx(ref.score(x.numpy(), y.numpy()))
+
+
+# ------------------------------------------------ official detection metrics
+def _official_cal_metric(known, novel):
+    """A transcription of the official loop (yousuf907/NC-OOD ood_det/metrics.py, cal_metric + get_curve)."""
+    trapz = getattr(np, "trapezoid", None) or np.trapz
+    known, novel = np.sort(known), np.sort(novel)
+    all_ = np.sort(np.concatenate((known, novel)))
+    num_k, num_n = known.shape[0], novel.shape[0]
+    threshold = known[round(0.05 * num_k)]
+    tp = -np.ones([num_k + num_n + 1], dtype=int)
+    fp = -np.ones([num_k + num_n + 1], dtype=int)
+    tp[0], fp[0] = num_k, num_n
+    k, n = 0, 0
+    for l in range(num_k + num_n):  # noqa: E741 - the official names
+        if k == num_k:
+            tp[l + 1:] = tp[l]
+            fp[l + 1:] = np.arange(fp[l] - 1, -1, -1)
+            break
+        elif n == num_n:
+            tp[l + 1:] = np.arange(tp[l] - 1, -1, -1)
+            fp[l + 1:] = fp[l]
+            break
+        elif novel[n] < known[k]:
+            n += 1
+            tp[l + 1], fp[l + 1] = tp[l], fp[l] - 1
+        else:
+            k += 1
+            tp[l + 1], fp[l + 1] = tp[l] - 1, fp[l]
+    j = num_k + num_n - 1
+    for _ in range(num_k + num_n - 1):
+        if all_[j] == all_[j - 1]:
+            tp[j], fp[j] = tp[j + 1], fp[j + 1]
+        j -= 1
+    out = {"fpr": np.sum(novel > threshold) / float(num_n)}
+    tpr = np.concatenate([[1.0], tp / tp[0], [0.0]])
+    fpr = np.concatenate([[1.0], fp / fp[0], [0.0]])
+    out["auroc"] = -trapz(1.0 - fpr, tpr)
+    out["dterr"] = ((tp[0] - tp + fp) / (tp[0] + fp[0])).min()
+    denom = (tp + fp).astype(float)
+    denom[denom == 0.0] = -1.0
+    pin_ind = np.concatenate([[True], denom > 0.0, [True]])
+    pin = np.concatenate([[0.5], tp / denom, [0.0]])
+    out["auin"] = -trapz(pin[pin_ind], tpr[pin_ind])
+    denom = (tp[0] - tp + fp[0] - fp).astype(float)
+    denom[denom == 0.0] = -1.0
+    pout_ind = np.concatenate([[True], denom > 0.0, [True]])
+    pout = np.concatenate([[0.0], (fp[0] - fp) / denom, [0.5]])
+    out["auout"] = trapz(pout[pout_ind], 1.0 - fpr[pout_ind])
+    return out
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_official_detection_metrics_equal_the_official_loop(ties):
+    rng = np.random.default_rng(1 + ties)
+    for _ in range(25):
+        known = rng.normal(1.0, 1.0, rng.integers(5, 60))
+        novel = rng.normal(0.0, 1.0, rng.integers(3, 60))
+        if ties:
+            known, novel = np.round(known, 1), np.round(novel, 1)
+        ref, got = _official_cal_metric(known, novel), official_detection_metrics(known, novel)
+        for key in ref:
+            assert got[key] == pytest.approx(float(ref[key]), abs=1e-12), key
+        assert got["auroc"] == pytest.approx(roc_auc_score(np.r_[np.ones(known.size), np.zeros(novel.size)],
+                                                           np.r_[known, novel]), abs=0.5 / min(known.size, novel.size))
+
+
+def test_official_detection_metrics_hand_cases():
+    perfect = official_detection_metrics([3.0, 2.0, 1.0, 0.5], [0.0, -1.0])
+    assert {k: perfect[k] for k in ("fpr", "dterr", "auroc")} == pytest.approx({"fpr": 0.0, "dterr": 0.0, "auroc": 1.0})
+    # the official end points (precision ½ at recall 1 for AUIN, ½ at the far end for AUOUT) cap a perfect split below 1
+    assert perfect["auin"] < 1.0 and perfect["auout"] < 1.0
+    # one OOD score above every ID score: the best threshold errs on that one sample of 4
+    m = official_detection_metrics([1.0, 2.0, 3.0], [5.0])
+    assert m["dterr"] == pytest.approx(1 / 4) and m["fpr"] == 1.0 and m["auroc"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="empty"):
+        official_detection_metrics([], [1.0])
+
+
+# --------------------------------------------------------------- AdamW probe
+def test_adamw_probe_equals_the_official_recipe_rederived():
+    """nn.Linear(N(0, 0.01²), b = 0) + AdamW(1e-3, wd 0) + CE(label smoothing 0.1), 256-batches, one generator."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(600) % 4
+    x = torch.randn(600, 5, generator=g) + 2.0 * torch.randn(4, 5, generator=g)[y]
+    probe = AdamWProbe(epochs=3, seed=7).fit(x, y)
+    gen = torch.Generator().manual_seed(7)
+    lin = torch.nn.Linear(5, 4)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(4, 5, generator=gen) * 0.01)
+        lin.bias.zero_()
+    opt = torch.optim.AdamW(lin.parameters(), lr=1e-3, weight_decay=0.0)
+    crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    for _ in range(3):
+        order = torch.randperm(600, generator=gen)
+        for start in range(0, 600, 256):
+            idx = order[start:start + 256]
+            opt.zero_grad()
+            crit(lin(x[idx]), y[idx]).backward()
+            opt.step()
+    assert torch.allclose(probe.weight_, lin.weight.detach().double(), atol=1e-6)
+    assert torch.allclose(probe.bias_, lin.bias.detach().double(), atol=1e-6)
+    assert torch.equal(AdamWProbe(epochs=3, seed=7).fit(x, y).weight_, probe.weight_)  # a pure function of its seed
+    again = AdamWProbe(epochs=4, seed=7).fit(x, y, eval_set=(x, y))
+    assert len(again.accuracy_per_epoch_) == 4 and again.best_accuracy_ == max(again.accuracy_per_epoch_)
+    with pytest.raises(ValueError, match="lr"):
+        AdamWProbe(lr=float("nan"))
     with pytest.raises(ValueError, match="at least 2 classes"):
-        LinearProbe().fit(x, torch.zeros(150, dtype=torch.long))
+        AdamWProbe().fit(x, torch.zeros(600, dtype=torch.long))
 
 
 # ----------------------------------------------------- pytorch-ood optional
@@ -264,7 +320,7 @@ def test_pytorch_ood_cross_check_needs_the_extra():
         pytorch_ood_score("energy", logits=torch.zeros(2, 3))
 
 
-@pytest.mark.skipif(not HAS_PYTORCH_OOD, reason="pytorch-ood is not installed")
+@pytest.mark.skipif(not HAS_PYTORCH_OOD, reason="pytorch-ood (and a torchvision matching torch) is not installed")
 def test_pytorch_ood_cross_check_agrees():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(20, 4, generator=g)
@@ -272,114 +328,8 @@ def test_pytorch_ood_cross_check_agrees():
         assert torch.allclose(pytorch_ood_score(name, logits=logits), fn(logits), atol=1e-5)
 
 
-# -------------------------------------------------------------- experiment
-def _tiny(**extra):
-    from nclens.ood.experiment import OODExperimentConfig, replace_config
-
-    items = [
-        "train.epochs=2",
-        "seeds=[0]",
-        "variants=[baseline, both]",
-        "model.hidden=[32]",
-        "model.feature_dim=16",
-        "eval.probe_max_iter=200",
-    ]
-    return replace_config(OODExperimentConfig(), items + [f"{k}={v}" for k, v in extra.items()])
-
-
-def test_experiment_runs_writes_and_resumes(tmp_path):
-    from nclens.ood.experiment import run_experiment
-
-    cfg = _tiny()
-    res = run_experiment(cfg, tmp_path / "run", progress=False)
-    layers = [(r["variant"], r["layer"]) for r in res.rows]
-    assert layers == [("baseline", "encoder"), ("both", "encoder"), ("both", "projector")]
-    for r in res.rows:
-        assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["fpr95"] <= 1.0 and 0.0 <= r["transfer_acc"] <= 1.0
-        assert r["nc1"] > 0 and math.isfinite(r["nc3_duality"]) and 0.0 <= r["nc4_ncc_mismatch"] <= 1.0
-        assert {"auroc_classes", "auroc_noise", "auroc_hflip", "auroc_rot90"} <= set(r)
-    sets = {(d["score"], d["ood_set"]) for d in res.detection}
-    assert ("neco", "noise") in sets and ("mahalanobis", "classes") in sets
-    folder = tmp_path / "run"
-    for name in (
-        "config.json",
-        "runs.jsonl",
-        "results.csv",
-        "detection.csv",
-        "summary.csv",
-        "correlations.json",
-        "nc1_vs_detection_transfer.png",
-        "variants_bars.png",
-    ):
-        assert (folder / name).exists(), name
-    assert (folder / "nc1_vs_detection_transfer.png").read_bytes()[:4] == b"\x89PNG"
-    n_lines = len((folder / "runs.jsonl").read_text().splitlines())
-    again = run_experiment(cfg, folder, progress=False)  # resumes: nothing is retrained
-    assert len((folder / "runs.jsonl").read_text().splitlines()) == n_lines == 2
-    assert again.rows == json.loads(json.dumps(res.rows))
-    with pytest.raises(ValueError, match="different config"):
-        run_experiment(_tiny(**{"train.lr": 0.01}), folder, progress=False)
-
-
-def test_correlations_signs():
-    from scipy.stats import pearsonr
-
-    from nclens.ood.experiment import correlations
-
-    pts = [{"nc1": v, "auroc": 1 - v, "fpr95": v / 2, "transfer_acc": 0.5 + v / 3} for v in (0.1, 0.2, 0.4, 0.8)]
-    c = correlations(pts)
-    assert c["auroc"]["r"] == pytest.approx(-1.0) and c["auroc"]["agrees"] is True
-    assert c["transfer_acc"]["agrees"] is True and c["fpr95"]["agrees"] is True
-    ref = pearsonr(np.log([0.1, 0.2, 0.4, 0.8]), [0.9, 0.8, 0.6, 0.2])[0]
-    assert c["auroc"]["r_log"] == pytest.approx(ref)
-    flipped = correlations([{**p, "transfer_acc": 1 - p["transfer_acc"]} for p in pts])
-    assert flipped["transfer_acc"]["agrees"] is False
-
-
-def test_config_errors(tmp_path):
-    from nclens.ood.experiment import OODExperimentConfig, load_config, replace_config
-
-    with pytest.raises(ValueError, match="unknown key 'epochz'"):
-        replace_config(OODExperimentConfig(), ["train.epochz=3"])
-    with pytest.raises(ValueError, match="variants"):
-        replace_config(OODExperimentConfig(), ["variants=[baseline, nope]"])
-    with pytest.raises(ValueError, match="overlap"):
-        replace_config(OODExperimentConfig(), ["data.ood_classes=[4, 5]"])
-    with pytest.raises(ValueError, match="detection_score"):
-        replace_config(OODExperimentConfig(), ["eval.scores=[msp]"])
-    with pytest.raises(FileNotFoundError):
-        load_config(tmp_path / "missing.yaml")
-
-
-@pytest.mark.skipif(HAS_TORCHVISION, reason="torchvision is installed")
-def test_imagenet100_protocol_needs_torchvision(tmp_path):
-    from nclens.ood.experiment import build_data, load_config
-
-    cfg = load_config("experiments/ood_imagenet100.yaml", [f"data.root={tmp_path}"])
-    with pytest.raises(ImportError, match="torchvision"):
-        build_data(cfg.data)
-
-
-def test_cli_runs_a_tiny_config(tmp_path):
-    from typer.testing import CliRunner
-
-    from nclens.cli import app
-
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        "name: tiny\nseeds: [0]\nvariants: [projector]\ntrain: {epochs: 1}\n"
-        "model: {hidden: [16], feature_dim: 8}\neval: {scores: [energy, msp], probe_max_iter: 100}\n"
-    )
-    result = CliRunner().invoke(app, ["ood", str(cfg), "--out", str(tmp_path / "r"), "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert "projector" in result.output and (tmp_path / "r" / "summary.csv").exists()
-    bad = CliRunner().invoke(app, ["ood", str(cfg), "--set", "train.nope=1"])
-    assert bad.exit_code == 2
-
-
-# ------------------------------------------------------ few-shot transfer
 def test_few_shot_indices_balanced_deterministic_and_uniform():
-    from nclens.ood.experiment import few_shot_indices
+    from nclens.ood.transfer import few_shot_indices
 
     labels = torch.tensor([2] * 10 + [0] * 4 + [7] * 6)[torch.randperm(20, generator=torch.Generator().manual_seed(3))]
     idx = few_shot_indices(labels, 2, draws=5, seed=11)
@@ -401,7 +351,7 @@ def test_few_shot_indices_balanced_deterministic_and_uniform():
 
 
 def test_few_shot_indices_errors():
-    from nclens.ood.experiment import few_shot_indices
+    from nclens.ood.transfer import few_shot_indices
 
     labels = torch.tensor([0, 0, 0, 1, 1])
     with pytest.raises(ValueError, match=r"shots_per_class=3 exceeds .*\{1: 2\}"):
@@ -419,7 +369,7 @@ def test_transfer_accuracy_matches_sklearn_on_the_same_subsets():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from nclens.ood.experiment import few_shot_indices, transfer_accuracy
+    from nclens.ood.transfer import few_shot_indices, transfer_accuracy
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(300) % 3
@@ -430,73 +380,10 @@ def test_transfer_accuracy_matches_sklearn_on_the_same_subsets():
         model = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=500))
         return model.fit(xa[rows].double().numpy(), ya[rows].numpy()).score(xb.double().numpy(), yb.numpy())
 
-    acc, std = transfer_accuracy(xa, ya, xb, yb, probe_c=0.5, probe_max_iter=500)
+    probe = lambda r: LinearProbe(C=0.5, max_iter=500)  # noqa: E731
+    acc, std = transfer_accuracy(xa, ya, xb, yb, probe=probe)
     assert acc == pytest.approx(sk(torch.arange(150))) and std == 0.0
-    acc, std = transfer_accuracy(xa, ya, xb, yb, shots_per_class=3, draws=6, seed=4, probe_c=0.5, probe_max_iter=500)
+    acc, std = transfer_accuracy(xa, ya, xb, yb, shots_per_class=3, draws=6, seed=4, probe=probe)
     ref = np.array([sk(rows) for rows in few_shot_indices(ya, 3, 6, seed=4)])
     assert acc == pytest.approx(ref.mean()) and std == pytest.approx(ref.std())
     assert 0.0 < acc < 1.0
-
-
-def test_alpha_sweep_jobs_rows_and_summary(tmp_path):
-    from nclens.ood.experiment import jobs, run_experiment, summarise
-
-    cfg = _tiny(
-        **{
-            "variants": "[baseline, entropy]",
-            "koleo_weights": "[0.1, 1.0]",
-            "transfer.shots_per_class": 3,
-            "transfer.draws": 2,
-            "eval.scores": "[energy]",
-        }
-    )
-    assert jobs(cfg) == [("baseline", 0.0, 0), ("entropy", 0.1, 0), ("entropy", 1.0, 0)]
-    res = run_experiment(cfg, tmp_path / "sweep", progress=False)
-    assert [(r["variant"], r["alpha"], r["layer"]) for r in res.rows] == [
-        ("baseline", 0.0, "encoder"),
-        ("entropy", 0.1, "encoder"),
-        ("entropy", 1.0, "encoder"),
-    ]
-    for r in res.rows:
-        assert 0.0 <= r["transfer_acc"] <= 1.0 and 0.0 <= r["transfer_acc_full"] <= 1.0
-        assert r["transfer_draw_std"] >= 0.0 and r["transfer_acc_classes"] == r["transfer_acc"]
-    # every training used its own α: loss = CE + α·KoLeo in every epoch
-    records = [json.loads(line) for line in (tmp_path / "sweep" / "runs.jsonl").read_text().splitlines()]
-    for rec in records:
-        for h in rec["history"]:
-            assert h["loss"] == pytest.approx(h["ce"] + rec["alpha"] * h["koleo"], rel=1e-5, abs=1e-6)
-    assert records[0]["history"][0]["koleo"] == 0.0 and records[2]["history"][0]["koleo"] != 0.0
-    summary = {(s["variant"], s["alpha"]): s for s in res.summary}
-    assert set(summary) == {("baseline", 0.0), ("entropy", 0.1), ("entropy", 1.0)}
-    assert summary[("entropy", 1.0)]["transfer_acc_full"] == pytest.approx(res.rows[2]["transfer_acc_full"])
-    assert res.correlations["over_variant_layer_means"]["n_points"] == 3
-    assert res.transfer == {"shots_per_class": 3, "draws": 2, "seed": 0}
-    # summary over seeds groups by (variant, α, layer), α = None for rows without one
-    pts = [
-        {"variant": "entropy", "alpha": a, "layer": "encoder", "nc1": v}
-        for a, v in ((0.5, 1.0), (0.5, 3.0), (2.0, 5.0))
-    ]
-    s = summarise(pts + [{"variant": "baseline", "layer": "encoder", "nc1": 7.0}], keys=("nc1",))
-    assert [(e["variant"], e["alpha"], e["nc1"], e["nc1_std"]) for e in s] == [
-        ("baseline", None, 7.0, 0.0),
-        ("entropy", 0.5, 2.0, 1.0),
-        ("entropy", 2.0, 5.0, 0.0),
-    ]
-
-
-def test_sweep_and_transfer_config_errors():
-    from nclens.ood.experiment import OODExperimentConfig, load_config, replace_config
-
-    with pytest.raises(ValueError, match="koleo_weights must all be > 0"):
-        replace_config(OODExperimentConfig(), ["koleo_weights=[0.0, 1.0]"])
-    with pytest.raises(ValueError, match="duplicates"):
-        replace_config(OODExperimentConfig(), ["koleo_weights=[1.0, 1.0]"])
-    with pytest.raises(ValueError, match="shots_per_class"):
-        replace_config(OODExperimentConfig(), ["transfer.shots_per_class=0"])
-    with pytest.raises(ValueError, match="draws"):
-        replace_config(OODExperimentConfig(), ["transfer.draws=0"])
-    with pytest.raises(ValueError, match="unknown key 'shots'"):
-        replace_config(OODExperimentConfig(), ["transfer.shots=5"])
-    cfg = load_config("experiments/ood_digits_sweep.yaml")
-    assert cfg.koleo_weights == (0.1, 0.5, 1.0, 2.0) and cfg.transfer.shots_per_class == 5
-    assert load_config("experiments/ood_digits.yaml").transfer.draws == 20
