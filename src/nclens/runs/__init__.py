@@ -1,0 +1,1 @@
+"""Run folders, the config machinery and the experiment registry."""
