@@ -75,6 +75,9 @@ SYSTEMS: dict[str, str] = {
 KIND_MODULES: dict[str, str] = {
     "intermediate": "nclens.intermediate.experiment",
     "intermediate-fixed-etf": "nclens.intermediate.experiment",
+    "dp-dimension": "nclens.privacy.experiment",
+    "dp-threshold": "nclens.privacy.experiment",
+    "dp-features": "nclens.privacy.experiment",
 }
 
 #: the keys of a config file that describe it rather than configure it
