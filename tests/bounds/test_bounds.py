@@ -444,31 +444,39 @@ def test_cli_commands_write_json_and_png(tmp_path) -> None:
     assert c["crb_rho"] >= c["crb_rho_known_variance"] and c["crb_rho"] == pytest.approx(
         c["crb_rho_projection"]
     )
-    png, sw = tmp_path / "f.png", tmp_path / "w.json"
-    r = runner.invoke(
-        app,
-        [
-            "bounds",
-            "sweep",
-            "--samples",
-            "16",
-            "--snr-db-min",
-            "-12",
-            "--snr-db-max",
-            "12",
-            "--snr-db-step",
-            "6",
-            "--trials",
-            "300",
-            "--png",
-            str(png),
-            "--json",
-            str(sw),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    w = json.loads(sw.read_text())
-    assert len(w["snr_db"]) == 5 and w["threshold_snr_db"]["barankin"] is not None
     r = runner.invoke(app, ["bounds", "covariance", "--rho", "0.5", "--variance", "-1", "--trials", "0"])
     assert r.exit_code == 2
+    r = runner.invoke(app, ["bounds", "sinusoid", "--per-bin", "1000000", "--trials", "0"])
+    assert r.exit_code == 2 and "at most 4096 test points" in r.output  # refused before any allocation
+
+
+def test_sweep_is_a_resumable_run(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from nclens.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "sweep"
+    args = ["bounds", "sweep", "--samples", "16", "--snr-db-min", "-12", "--snr-db-max", "12", "--snr-db-step", "6",
+            "--trials", "300", "--no-progress", "--out", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (out / "figures" / "bounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    w = json.loads((out / "sweep.json").read_text())
+    assert len(w["snr_db"]) == 5 and w["threshold_snr_db"]["barankin"] is not None
+    assert json.loads((out / "summary.json").read_text())["results"]["threshold_snr_db"] == w["threshold_snr_db"]
+    # a sweep cut after two points and resumed equals the uninterrupted one
+    cut = tmp_path / "cut"
+    assert runner.invoke(app, [*args[:-1], str(cut)]).exit_code == 0
+    points = (cut / "points.jsonl").read_text().splitlines()
+    (cut / "points.jsonl").write_text("\n".join(points[:2]) + "\n")
+    (cut / "summary.json").unlink()
+    (cut / "sweep.json").unlink()
+    assert runner.invoke(app, [*args[:-1], str(cut), "--resume"]).exit_code == 0
+    assert (cut / "points.jsonl").read_text() == (out / "points.jsonl").read_text()
+    for bad, match in [(["--snr-db-min", "nan"], "snr_db_min must be a finite number"),
+                       (["--per-bin", "1000000"], "at most 4096 test points"),
+                       (["--snr-db-max", "-30"], "must be >= snr_db_min")]:
+        r = runner.invoke(app, [*args[:-2], *bad, "--out", str(tmp_path / "bad")])
+        assert r.exit_code == 2 and match in r.output, r.output
+        assert not (tmp_path / "bad").exists()

@@ -103,9 +103,12 @@ __all__ = [
     "ar1_covariance_derivatives",
     "ar1_mle",
     "threshold_snr_db",
+    "MAX_TEST_POINTS",
 ]
 
 Array = NDArray[Any]
+#: Most Barankin test points one sinusoid bound may use (its Gram is (T+3)² complex numbers).
+MAX_TEST_POINTS = 4096
 LogDensity = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
@@ -1164,6 +1167,13 @@ def sinusoid_barankin_offsets(n_samples: int, per_bin: int = 4) -> Array:
         raise ValueError(f"per_bin must be an integer >= 1, got {per_bin!r}")
     step = 2 * np.pi / (N * per_bin)
     kmax = int(math.floor((np.pi - np.pi / N) / step + 1e-9))
+    if 2 * kmax > MAX_TEST_POINTS:
+        allowed = max(1, int(per_bin * MAX_TEST_POINTS / (2 * kmax)))
+        raise ValueError(
+            f"per_bin={per_bin} gives {2 * kmax} Barankin test points for N={N} (a {2 * kmax + 3}-square Gram of "
+            f"{16 * (2 * kmax + 3) ** 2 / 2**30:.1f} GiB and an N×{2 * kmax} test matrix); at most {MAX_TEST_POINTS} "
+            f"test points are allowed: use per_bin <= {allowed}"
+        )
     pos = step * np.arange(1, kmax + 1)
     return np.concatenate([-pos[::-1], pos])
 

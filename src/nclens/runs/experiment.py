@@ -75,6 +75,7 @@ SYSTEMS: dict[str, str] = {
 KIND_MODULES: dict[str, str] = {
     "intermediate": "nclens.intermediate.experiment",
     "intermediate-fixed-etf": "nclens.intermediate.experiment",
+    "bounds-sweep": "nclens.bounds.experiment",
     "dp-dimension": "nclens.privacy.experiment",
     "dp-threshold": "nclens.privacy.experiment",
     "dp-features": "nclens.privacy.experiment",
