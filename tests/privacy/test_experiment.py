@@ -225,3 +225,24 @@ def test_dp_feature_shift_refuses_to_overwrite_its_input(tmp_path):
     assert math.isfinite(rec["feature_shift"]) and "nc1" in rec
     r = CliRunner().invoke(app, ["dp-feature-shift", str(tmp_path / "missing.npz")])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_feature_files_of_different_networks_are_split_into_the_same_images(tmp_path):
+    from nclens.privacy.data import common_indices, split_feature_file
+
+    rng = np.random.default_rng(0)
+    idx_a = np.arange(180)
+    idx_b = rng.permutation(np.arange(30, 180))  # another network, a subset of the images, another order
+    for name, idx, dim in (("a.npz", idx_a, 5), ("b.npz", idx_b, 7)):
+        feats = rng.normal(size=(idx.size, dim))
+        feats[:, 0] = idx  # column 0 names the image
+        np.savez(tmp_path / name, features=feats, labels=idx % 3, indices=idx)
+    keep = common_indices([tmp_path / "a.npz", tmp_path / "b.npz"])
+    assert keep.tolist() == list(range(30, 180))
+    parts = [split_feature_file(tmp_path / n, public_fraction=0.3, test_fraction=0.2, seed=1, private_per_class=20,
+                                keep=keep) for n in ("a.npz", "b.npz")]
+    for pa, pb in zip(*parts):
+        assert torch.equal(pa.x[:, 0], pb.x[:, 0]) and torch.equal(pa.y, pb.y)
+    assert parts[0][1].x.shape[0] == 60 and parts[0][2].x.shape[0] == 30
+    np.savez(tmp_path / "c.npz", features=rng.normal(size=(30, 4)), labels=np.arange(30) % 3)
+    assert common_indices([tmp_path / "a.npz", tmp_path / "c.npz"]) is None  # no indices: all samples are used

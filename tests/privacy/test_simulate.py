@@ -140,3 +140,18 @@ def test_simulation_config_refuses_bad_values():
         SimulationConfig(imbalance=0.0)
     with pytest.raises(ValueError, match="noise_multiplier > 0"):
         one_step_thresholds(simplex_etf(3, 4), [2, 2, 2], noise_multiplier=0.0, clip=1.0)
+
+
+def test_gram_pca_equals_the_svd_pca():
+    from nclens.privacy.simulate import _pca_fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 300, generator=g, dtype=torch.float64) * torch.linspace(3.0, 0.1, 300)
+    mean, comps = _pca_fit(x, 6)  # p > n: through the Gram matrix
+    _, _, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    assert torch.allclose(mean, x.mean(0))
+    assert torch.allclose((comps @ vh[:6].T).abs(), torch.eye(6, dtype=torch.float64), atol=1e-9)
+    mean_t, comps_t = _pca_fit(x[:, :20], 6)  # p <= n: the SVD itself
+    assert comps_t.shape == (6, 20)
+    with pytest.raises(ValueError, match="public samples"):
+        _pca_fit(x[:5], 6)

@@ -263,12 +263,15 @@ class SplitConfig:
     private; its test split is the dataset's. A feature file is split per class: ``test_fraction``
     to the test set, then ``public_fraction`` of the rest to the public set. ``private_per_class``
     keeps only that many (seeded) private samples per class (the private set's size n sets the DP
-    noise σC/n per step). Seeded by ``seed``.
+    noise σC/n per step). ``common_samples``: when every feature file holds ``indices`` (``nclens
+    extract`` writes the dataset index of each sample), use only the images all files hold, so every
+    network is split into the same public / private / test images. Seeded by ``seed``.
     """
 
     public_fraction: float = 0.5
     test_fraction: float = 0.2
     private_per_class: int | None = None
+    common_samples: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:

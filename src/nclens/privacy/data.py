@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from nclens.runs.folder import RunFolder
 from nclens.train import Callback, TensorData, Trainer
 
-__all__ = ["Part", "load_public_private", "split_feature_file", "KeepWeights", "pretrain", "build_mlp",
+__all__ = ["Part", "load_public_private", "split_feature_file", "file_indices", "common_indices",
+           "KeepWeights", "pretrain", "build_mlp",
            "penultimate_features", "weights_name"]
 
 
@@ -81,13 +82,42 @@ def load_public_private(dataset: str, *, public_fraction: float, seed: int, mnis
     return Part(split.x_train[pub_t], split.y_train[pub_t]), private, Part(split.x_test, split.y_test)
 
 
+def file_indices(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """The ``indices`` array of a feature file (the dataset index of each sample, as ``nclens extract``
+    writes it), or ``None`` when the file holds none. Reads only that array."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(target), "np") as f:
+            return np.asarray(f.get_tensor("indices")) if "indices" in f.keys() else None
+    with np.load(target, allow_pickle=False) as data:
+        return np.asarray(data["indices"]) if "indices" in data.files else None
+
+
+def common_indices(paths: Sequence[str | os.PathLike[str]]) -> np.ndarray | None:
+    """The dataset indices held by every file (sorted), or ``None`` when a file holds no ``indices``."""
+    common = None
+    for path in paths:
+        idx = file_indices(path)
+        if idx is None:
+            return None
+        common = np.unique(idx) if common is None else np.intersect1d(common, idx)
+    return common
+
+
 def split_feature_file(path: str | os.PathLike[str], *, public_fraction: float, test_fraction: float,
-                       seed: int, private_per_class: int | None = None) -> tuple[Part, Part, Part]:
+                       seed: int, private_per_class: int | None = None,
+                       keep: np.ndarray | None = None) -> tuple[Part, Part, Part]:
     """(public, private, test) of a single-label feature file, cut per class (seeded).
 
     ``test_fraction`` of each class goes to the test part, then ``public_fraction`` of the rest to the
     public part (``private_per_class``: keep that many of the private rest per class); labels are
-    remapped to 0..K−1 in ascending order.
+    remapped to 0..K−1 in ascending order. ``keep``: use only the samples whose dataset index (the
+    file's ``indices``) is in ``keep``, ordered by that index — so files of different networks over the
+    same images are split into the same images.
 
     Raises:
         FileNotFoundError, ValueError: the file is missing or not a valid single-label feature file.
@@ -97,14 +127,22 @@ def split_feature_file(path: str | os.PathLike[str], *, public_fraction: float, 
     data = load_feature_file(path)
     if data.labels.ndim != 1:
         raise ValueError(f"{os.fspath(path)!r} holds multi-label features; dp-features needs one label per sample")
-    _, y = torch.unique(data.labels, return_inverse=True)
+    features, labels = data.features, data.labels
+    if keep is not None:
+        index = file_indices(path)
+        if index is None:
+            raise ValueError(f"{os.fspath(path)!r} holds no 'indices' to select common samples by")
+        order = np.argsort(index, kind="stable")
+        chosen = torch.from_numpy(order[np.isin(index[order], keep)])
+        features, labels = features[chosen], labels[chosen]
+    _, y = torch.unique(labels, return_inverse=True)
     counts = torch.bincount(y)
     if int(counts.min()) < 4:
         raise ValueError(f"{os.fspath(path)!r}: every class needs at least 4 samples to split into "
                          f"public/private/test, the smallest has {int(counts.min())}")
     rest, test = _stratified(y.numpy(), test_fraction, seed)
     priv_rel, pub_rel = _stratified(y.numpy()[rest], public_fraction, seed + 1)
-    x = data.features.to(torch.float32)
+    x = features.to(torch.float32)
     parts = []
     for idx in (rest[pub_rel], rest[priv_rel], test):
         index = torch.from_numpy(np.sort(idx))

@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -77,6 +77,38 @@ def _group(rows: Iterable[dict[str, Any]], keys: Sequence[str]) -> dict[tuple, l
 
 def _cells(run: RunFolder, keys: Sequence[str]) -> set[tuple]:
     return {tuple(r.get(k) for k in keys) for r in run.read_jsonl(RESULTS)}
+
+
+class _DPExperiment(Experiment):
+    """The DP kinds' figures, report and console summary come from :mod:`nclens.privacy.figures` (``<view>_*``)."""
+
+    view: ClassVar[str] = ""
+
+    def _view(self, what: str) -> Callable[[RunFolder], Any]:
+        from nclens.privacy import figures
+
+        return getattr(figures, f"{self.view}_{what}")
+
+    def figures(self, run: RunFolder) -> dict[str, Path]:
+        return self._view("figures")(run)
+
+    def report(self, run: RunFolder) -> ReportContent:
+        return self._view("report")(run)
+
+    def summary_text(self, run: RunFolder) -> str:
+        return self._view("text")(run)
+
+
+def _run_cells(run: RunFolder, keys: Sequence[str], cells: Sequence[tuple], compute: Callable[[tuple], dict],
+               progress: bool, label: str) -> list[dict[str, Any]]:
+    """Compute every cell not yet in ``results.jsonl`` (one appended record each, in order); all records."""
+    done = _cells(run, keys)
+    with progress_bar(progress, label, len(cells)) as advance:
+        for cell in cells:
+            if tuple(cell) not in done:
+                run.append_jsonl(RESULTS, [compute(cell)])
+            advance()
+    return run.read_jsonl(RESULTS)
 
 
 def _simulate_cell(cfg: Any, key: dict[str, Any]) -> dict[str, Any]:
@@ -125,44 +157,29 @@ def dimension_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @register_experiment
-class DimensionExperiment(Experiment):
+class DimensionExperiment(_DPExperiment):
     """NoisyGD accuracy against the feature dimension (layer-peeled model)."""
 
     kind = "dp-dimension"
     config_class = DimensionConfig
     description = "NoisyGD accuracy vs feature dimension p, exact vs per-coordinate-perturbed ETF (Wang et al. 2024)"
+    view = "dimension"
 
     def run(self, config: DimensionConfig, run: RunFolder, *, resume: bool, progress: bool,
             log: Callable[[str], None]) -> dict[str, Any]:
         keys = ("dim", "perturb", "pca", "seed")
-        done = _cells(run, keys)
-        cells = dimension_cells(config)
-        with progress_bar(progress, "dp-dimension cells", len(cells)) as advance:
-            for p, tau, pca, seed in cells:
-                if (p, tau, pca, seed) not in done:
-                    sim = dict(_model_fields(config.model), dim=p, perturb=tau, perturb_kind=config.perturb_kind,
-                               pca=pca, normalise=config.normalise, steps=config.steps, lr=config.lr,
-                               public_samples=config.public_samples, seed=seed)
-                    run.append_jsonl(RESULTS, [_simulate_cell(sim, dict(zip(keys, (p, tau, pca, seed))))])
-                advance()
-        rows = dimension_table(run.read_jsonl(RESULTS))
+
+        def compute(cell: tuple) -> dict[str, Any]:
+            p, tau, pca, seed = cell
+            sim = dict(_model_fields(config.model), dim=p, perturb=tau, perturb_kind=config.perturb_kind, pca=pca,
+                       normalise=config.normalise, steps=config.steps, lr=config.lr,
+                       public_samples=config.public_samples, seed=seed)
+            return _simulate_cell(sim, dict(zip(keys, cell)))
+
+        records = _run_cells(run, keys, dimension_cells(config), compute, progress, "dp-dimension cells")
+        rows = dimension_table(records)
         run.write_csv("accuracy_vs_dim.csv", rows)
         return {"rows": rows}
-
-    def figures(self, run: RunFolder) -> dict[str, Path]:
-        from nclens.privacy.figures import dimension_figures
-
-        return dimension_figures(run)
-
-    def report(self, run: RunFolder) -> ReportContent:
-        from nclens.privacy.figures import dimension_report
-
-        return dimension_report(run)
-
-    def summary_text(self, run: RunFolder) -> str:
-        from nclens.privacy.figures import dimension_text
-
-        return dimension_text(run)
 
 
 # ------------------------------------------------------------------------------------ dp-threshold
@@ -235,13 +252,14 @@ def flatness(table: list[dict[str, Any]], sigmas: float) -> tuple[list[dict[str,
 
 
 @register_experiment
-class ThresholdExperiment(Experiment):
+class ThresholdExperiment(_DPExperiment):
     """The (β, p) sweep at a fixed shift norm: where is NoisyGD's error flat in p?"""
 
     kind = "dp-threshold"
     config_class = ThresholdConfig
     description = ("NoisyGD error over (shift norm β, dimension p) + imbalance / loss / steps / W0 rows; "
                    "the threshold β below which the error is flat in p (Wang et al. 2024)")
+    view = "threshold"
 
     def check(self, config: ThresholdConfig) -> None:
         from nclens.privacy.simulate import SimulationConfig
@@ -251,40 +269,22 @@ class ThresholdExperiment(Experiment):
 
     def run(self, config: ThresholdConfig, run: RunFolder, *, resume: bool, progress: bool,
             log: Callable[[str], None]) -> dict[str, Any]:
-        keys = ("variant", "beta", "dim", "seed")
-        done = _cells(run, keys)
         variants = {v.name: v for v in config.variants}
-        cells = threshold_cells(config)
-        with progress_bar(progress, "dp-threshold cells", len(cells)) as advance:
-            for name, beta, p, seed in cells:
-                if (name, beta, p, seed) not in done:
-                    v = variants[name]
-                    sim = _variant_sim(config, v, beta, p, seed)
-                    key = {"variant": name, "beta": beta, "dim": p, "seed": seed, "loss": v.loss,
-                           "imbalance": v.imbalance, "steps": v.steps, "lr": v.lr, "init_norm": v.init_norm,
-                           "perturb_kind": v.perturb_kind}
-                    run.append_jsonl(RESULTS, [_simulate_cell(sim, key)])
-                advance()
-        table = threshold_table(run.read_jsonl(RESULTS))
+
+        def compute(cell: tuple) -> dict[str, Any]:
+            name, beta, p, seed = cell
+            v = variants[name]
+            key = {"variant": name, "beta": beta, "dim": p, "seed": seed, "loss": v.loss, "imbalance": v.imbalance,
+                   "steps": v.steps, "lr": v.lr, "init_norm": v.init_norm, "perturb_kind": v.perturb_kind}
+            return _simulate_cell(_variant_sim(config, v, beta, p, seed), key)
+
+        records = _run_cells(run, ("variant", "beta", "dim", "seed"), threshold_cells(config), compute, progress,
+                             "dp-threshold cells")
+        table = threshold_table(records)
         flat, thresholds = flatness(table, config.flat_sigmas)
         run.write_csv("threshold.csv", table)
         run.write_csv("threshold_flat.csv", flat)
         return {"rows": table, "flat": flat, "threshold": thresholds}
-
-    def figures(self, run: RunFolder) -> dict[str, Path]:
-        from nclens.privacy.figures import threshold_figures
-
-        return threshold_figures(run)
-
-    def report(self, run: RunFolder) -> ReportContent:
-        from nclens.privacy.figures import threshold_report
-
-        return threshold_report(run)
-
-    def summary_text(self, run: RunFolder) -> str:
-        from nclens.privacy.figures import threshold_text
-
-        return threshold_text(run)
 
 
 # ------------------------------------------------------------------------------------- dp-features
@@ -293,6 +293,7 @@ def _feature_sets(config: FeaturesConfig, run: RunFolder, *, resume: bool, progr
     from nclens.privacy.data import (
         Part,
         build_mlp,
+        common_indices,
         load_public_private,
         penultimate_features,
         pretrain,
@@ -314,11 +315,13 @@ def _feature_sets(config: FeaturesConfig, run: RunFolder, *, resume: bool, progr
                 accuracy = float((model(test.x).argmax(1) == test.y).double().mean())
             parts = [Part(penultimate_features(model, part.x), part.y) for part in (public, private, test)]
             yield f"epoch_{epoch}", *parts, {"checkpoint": epoch, "pretrained_test_accuracy": accuracy}
+    keep = common_indices([f.path for f in config.files]) if config.split.common_samples and config.files else None
     for f in config.files:
         public, private, test = split_feature_file(f.path, public_fraction=config.split.public_fraction,
                                                    test_fraction=config.split.test_fraction, seed=config.split.seed,
-                                                   private_per_class=config.split.private_per_class)
-        yield f.name, public, private, test, {"file": f.path}
+                                                   private_per_class=config.split.private_per_class, keep=keep)
+        yield f.name, public, private, test, {"file": f.path, "samples": public.x.shape[0] + private.x.shape[0]
+                                              + test.x.shape[0]}
 
 
 def accuracy_table(records: list[dict[str, Any]], features: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -356,13 +359,14 @@ def _wide(rows: list[dict[str, Any]], config: FeaturesConfig) -> list[dict[str, 
 
 
 @register_experiment
-class FeaturesExperiment(Experiment):
+class FeaturesExperiment(_DPExperiment):
     """Private heads on real features: pre-training checkpoints and/or feature files."""
 
     kind = "dp-features"
     config_class = FeaturesConfig
     description = ("NoisyGD / DP-SGD heads on real features (pre-training checkpoints, pretrained feature "
                    "files) vs epsilon, with normalisation / PCA remedies (Wang et al. 2024)")
+    view = "features"
 
     def check(self, config: FeaturesConfig) -> None:
         for f in config.files:
@@ -409,18 +413,3 @@ class FeaturesExperiment(Experiment):
         run.write_csv("accuracy_table.csv", _wide(rows, config))
         return {"feature_sets": [{k: v for k, v in f.items() if k != "remedies"} for f in features],
                 "accuracy": rows}
-
-    def figures(self, run: RunFolder) -> dict[str, Path]:
-        from nclens.privacy.figures import features_figures
-
-        return features_figures(run)
-
-    def report(self, run: RunFolder) -> ReportContent:
-        from nclens.privacy.figures import features_report
-
-        return features_report(run)
-
-    def summary_text(self, run: RunFolder) -> str:
-        from nclens.privacy.figures import features_text
-
-        return features_text(run)
