@@ -179,7 +179,13 @@ def fig_threshold_map(rows: list[dict[str, Any]], flat: list[dict[str, Any]], va
     marks = {r["beta"]: r["flat"] for r in flat if r["variant"] == variant}
     ax.set_yticks(range(len(betas)), [f"β={b:g} {'✓' if marks.get(b) else '✗'}" for b in betas])
     ax.set_xticks(range(len(dims)), [f"p={p:g}" for p in dims])
-    ax.set_title(f"{variant}: NoisyGD error over (β, p); ✓ = flat in p", fontsize=9)
+    below = 0  # rows up to the threshold: every β so far flat in p
+    while below < len(betas) and marks.get(betas[below]):
+        below += 1
+    if below:
+        ax.axhline(below - 0.5, color="tab:cyan", lw=2.5)
+    threshold = f"threshold β = {betas[below - 1]:g}" if below else "no β flat in p"
+    ax.set_title(f"{variant}: NoisyGD error over (β, p); ✓ = flat in p; {threshold} (cyan line)", fontsize=9)
     fig.colorbar(im, ax=ax, label="test error")
     return fig
 
