@@ -96,18 +96,68 @@ def test_private_head_estimator_arbitrary_labels(feats):
         PrivateLinearHead().predict(feats.features)
 
 
-def test_real_features_experiment_tiny(tmp_path):
-    from nclens.privacy.experiment import RealFeaturesConfig, RemedyConfig, load_experiment_config, run_real_features
+@pytest.mark.filterwarnings("ignore:.*(Secure RNG|Full backward hook|Optimal order).*")
+@pytest.mark.parametrize("bias, momentum", [(True, 0.0), (False, 0.5)])
+def test_fused_engine_equals_opacus(feats, bias, momentum):
+    # σ → 0 (the same clipped step) and a target ε (the same σ within Opacus' tolerance, the same ε accounting)
+    common = dict(algorithm="noisygd", epochs=9, lr=0.7, clip=0.3, momentum=momentum, bias=bias, seed=1)
+    a = train_private_head(feats.features, feats.labels, PrivateHeadConfig(noise_multiplier=1e-4, **common))
+    b = train_private_head(feats.features, feats.labels, PrivateHeadConfig(noise_multiplier=1e-4, engine="fused",
+                                                                           **common))
+    assert torch.allclose(a.weight, b.weight, atol=1e-5) and a.steps == b.steps == 9
+    assert (a.bias is None) == (b.bias is None) and (a.bias is None or torch.allclose(a.bias, b.bias, atol=1e-5))
+    assert a.epsilon == pytest.approx(b.epsilon, rel=1e-9)
+    a = train_private_head(feats.features, feats.labels, PrivateHeadConfig(target_epsilon=2.0, **common))
+    b = train_private_head(feats.features, feats.labels,
+                           PrivateHeadConfig(target_epsilon=2.0, engine="fused", **common))
+    assert b.noise_multiplier == pytest.approx(a.noise_multiplier, rel=0.02)  # Opacus bisects to ε ± 0.01
+    assert b.epsilon == pytest.approx(2.0, abs=1e-4) and abs(a.epsilon - 2.0) < 0.011
 
-    cfg = RealFeaturesConfig(pretrain_epochs=3, checkpoints=(0, 3), epsilons=(1.0,), head_epochs=10, seeds=(0,),
-                             remedies=(RemedyConfig("normalised", normalise=True),))
-    s1 = run_real_features(cfg, tmp_path, progress=False)
-    assert {c["checkpoint"] for c in s1["checkpoints"]} == {0, 3}
-    assert (tmp_path / "accuracy_vs_epsilon.png").stat().st_size > 0
-    rows = (tmp_path / "results.jsonl").read_text().splitlines()
-    s2 = run_real_features(cfg, tmp_path, progress=False)  # resumes: nothing recomputed
-    assert (tmp_path / "results.jsonl").read_text().splitlines() == rows
-    assert s1["accuracy"] == s2["accuracy"]
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in s1["accuracy"])
-    with pytest.raises(ValueError, match="unknown key"):
-        load_experiment_config({"kind": "real-features", "epsilon": [1.0]})
+
+def test_fused_dpsgd_equals_a_per_sample_reference(feats):
+    x, y = feats.features, feats.labels
+    cfg = PrivateHeadConfig(algorithm="dpsgd", epochs=2, batch_size=50, lr=0.5, clip=0.4, noise_multiplier=0.8,
+                            engine="fused", seed=3)
+    res = train_private_head(x, y, cfg)
+    n, d, k = x.shape[0], x.shape[1], 4
+    q = 1.0 / 4  # ⌈200 / 50⌉ steps per epoch
+    gen = torch.Generator().manual_seed(3)
+    w, b = torch.zeros(k, d), torch.zeros(k)
+    for _ in range(2 * 4):
+        idx = torch.nonzero(torch.rand(n, generator=gen) < q).squeeze(1)
+        gw, gb = torch.zeros(k, d), torch.zeros(k)
+        for i in idx.tolist():  # per-sample autograd, clipped jointly over (W, b)
+            wi, bi = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+            torch.nn.functional.cross_entropy((x[i] @ wi.T + bi)[None], y[i : i + 1]).backward()
+            scale = min(1.0, 0.4 / float(torch.cat([wi.grad.flatten(), bi.grad]).norm()))
+            gw, gb = gw + scale * wi.grad, gb + scale * bi.grad
+        gw = gw + 0.8 * 0.4 * torch.randn(k, d, generator=gen)
+        gb = gb + 0.8 * 0.4 * torch.randn(k, generator=gen)
+        w, b = w - 0.5 * gw / int(n * q), b - 0.5 * gb / int(n * q)
+    assert torch.allclose(res.weight, w, atol=1e-5) and torch.allclose(res.bias, b, atol=1e-5)
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(0.8, q, 8)]
+    assert res.epsilon == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+
+
+def test_noisy_gd_noise_multiplier_matches_opacus():
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from nclens.privacy import noisy_gd_noise_multiplier
+
+    for eps, steps in ((0.5, 100), (8.0, 10)):
+        ours = noisy_gd_noise_multiplier(eps, steps=steps, delta=1e-5)
+        theirs = get_noise_multiplier(target_epsilon=eps, target_delta=1e-5, sample_rate=1.0, steps=steps,
+                                      accountant="rdp", epsilon_tolerance=1e-4)
+        assert ours == pytest.approx(theirs, rel=1e-3)
+        assert noisy_gd_epsilon(ours, steps=steps, delta=1e-5) <= eps + 1e-12
+
+
+@pytest.mark.parametrize("engine", ["fused", "opacus"])
+def test_head_divergence_is_a_clear_error(feats, engine):
+    cfg = PrivateHeadConfig(algorithm="noisygd", epochs=5, lr=1e38, noise_multiplier=1.0, engine=engine,
+                            lr_key="heads.lr")
+    with pytest.raises(FloatingPointError, match="lower heads.lr"):
+        train_private_head(feats.features, feats.labels, cfg)

@@ -4,11 +4,14 @@
   aligned ideal simplex-ETF positions, from ClassStats (any layer) or from samples;
 - :mod:`~nclens.privacy.accounting` — RDP accounting of full-batch NoisyGD (α/(2σ²) per step);
 - :mod:`~nclens.privacy.simulate` — the layer-peeled simulator: ETF features in dimension p with
-  shift/perturbation, NoisyGD on top, Monte Carlo beside the closed form;
+  shifts of fixed norm β or per-coordinate perturbations, class imbalance, the registry's CE / MSE
+  losses, several steps, a fixed initial head W₀; NoisyGD on top, Monte Carlo beside the closed forms;
 - :mod:`~nclens.privacy.heads` — NoisyGD / DP-SGD linear heads on frozen features through Opacus
-  (imported lazily: ``pip install nclens[privacy]``), and the normalisation / PCA remedies;
-- :mod:`~nclens.privacy.experiment` — accuracy vs dimension, and private fine-tuning of real
-  features from checkpoints with different collapse levels.
+  (or the fused closed-form per-sample gradients), and the normalisation / PCA remedies;
+- :mod:`~nclens.privacy.data`, :mod:`~nclens.privacy.finetune` — real features (pre-training
+  checkpoints through the one Trainer, feature files) and private fine-tuning of a head on them;
+- :mod:`~nclens.privacy.experiment` — the kinds ``dp-dimension``, ``dp-threshold``, ``dp-features``
+  (configs in ``nclens/privacy/configs``: ``nclens configs``, ``nclens run dp_threshold``).
 
 Example:
     >>> from nclens.privacy import SimulationConfig, simulate_noisy_gd
@@ -17,7 +20,13 @@ Example:
     True
 """
 
-from nclens.privacy.accounting import DEFAULT_ORDERS, gaussian_rdp, noisy_gd_epsilon, rdp_to_epsilon
+from nclens.privacy.accounting import (
+    DEFAULT_ORDERS,
+    gaussian_rdp,
+    noisy_gd_epsilon,
+    noisy_gd_noise_multiplier,
+    rdp_to_epsilon,
+)
 from nclens.privacy.heads import (
     FeaturePreprocessor,
     PrivateHeadConfig,
@@ -36,13 +45,19 @@ from nclens.privacy.shift import (
     layer_feature_shift,
 )
 from nclens.privacy.simulate import (
+    SIM_LOSSES,
     LayerPeeledModel,
     SimulationConfig,
     SimulationResult,
+    class_counts,
     closed_form_error,
+    error_from_thresholds,
     layer_peeled_model,
+    loss_residual,
     noisy_gd_linear,
+    one_step_error,
     one_step_threshold,
+    one_step_thresholds,
     simulate_noisy_gd,
 )
 
@@ -50,6 +65,7 @@ __all__ = [
     "DEFAULT_ORDERS",
     "gaussian_rdp",
     "noisy_gd_epsilon",
+    "noisy_gd_noise_multiplier",
     "rdp_to_epsilon",
     "FeaturePreprocessor",
     "PrivateHeadConfig",
@@ -64,12 +80,18 @@ __all__ = [
     "feature_shift_from_stats",
     "ideal_etf",
     "layer_feature_shift",
+    "SIM_LOSSES",
     "LayerPeeledModel",
     "SimulationConfig",
     "SimulationResult",
+    "class_counts",
     "closed_form_error",
+    "error_from_thresholds",
     "layer_peeled_model",
+    "loss_residual",
     "noisy_gd_linear",
+    "one_step_error",
     "one_step_threshold",
+    "one_step_thresholds",
     "simulate_noisy_gd",
 ]

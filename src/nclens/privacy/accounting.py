@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-__all__ = ["DEFAULT_ORDERS", "gaussian_rdp", "rdp_to_epsilon", "noisy_gd_epsilon"]
+__all__ = ["DEFAULT_ORDERS", "gaussian_rdp", "rdp_to_epsilon", "noisy_gd_epsilon", "noisy_gd_noise_multiplier"]
 
 #: The RDP orders of Opacus' RDPAccountant (1.1 … 10.9 in steps of 0.1, then 12 … 63).
 DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64)])
@@ -93,3 +93,35 @@ def noisy_gd_epsilon(
         return math.inf
     rdp = [gaussian_rdp(a, noise_multiplier=noise_multiplier, steps=steps) for a in orders]
     return rdp_to_epsilon(list(orders), rdp, delta)[0]
+
+
+def noisy_gd_noise_multiplier(
+    target_epsilon: float, *, steps: int, delta: float, orders: tuple[float, ...] = DEFAULT_ORDERS,
+    tolerance: float = 1e-6,
+) -> float:
+    """The smallest σ (to ``tolerance`` relative) whose T full-batch steps spend at most ``target_epsilon`` at δ.
+
+    ε(σ) of :func:`noisy_gd_epsilon` decreases in σ; σ is found by bisection on a log scale.
+
+    Example:
+        >>> sigma = noisy_gd_noise_multiplier(1.0, steps=10, delta=1e-5)
+        >>> noisy_gd_epsilon(sigma, steps=10, delta=1e-5) <= 1.0 < noisy_gd_epsilon(0.99 * sigma, steps=10, delta=1e-5)
+        True
+    """
+    if not (isinstance(target_epsilon, (int, float)) and math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ValueError(f"target_epsilon must be a positive finite number, got {target_epsilon!r}")
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+
+    def eps(sigma: float) -> float:
+        return noisy_gd_epsilon(sigma, steps=steps, delta=delta, orders=orders)
+
+    lo, hi = 1e-3, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2.0
+        if hi > 1e8:
+            raise ValueError(f"no noise multiplier below 1e8 reaches epsilon={target_epsilon!r} in {steps} steps")
+    while hi / lo - 1.0 > tolerance:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
+    return hi

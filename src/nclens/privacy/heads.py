@@ -8,10 +8,17 @@ Algorithms (Abadi et al. 2016; Wang et al. 2024):
 - ``"dpsgd"`` — DP-SGD with Poisson sampling at rate q = batch_size/n, the same clipping and noise.
 - ``"nonprivate"`` — the same full-batch GD without clipping or noise (ε = ∞, no Opacus needed).
 
-Opacus (``make_private`` with a given σ, or ``make_private_with_epsilon`` for a target ε) does the
-per-sample clipping, the noise and the accounting (``accountant`` = ``"rdp"``, ``"prv"`` or
-``"gdp"``); ε at δ is reported for every run. Opacus is imported inside the functions, so
-``import nclens`` works without the ``privacy`` extra. The head starts at zero, as in the paper.
+Two engines train the same algorithm. ``engine="opacus"``: Opacus (``make_private`` with a given σ,
+or ``make_private_with_epsilon`` for a target ε) does the per-sample clipping, the noise and the
+accounting (``accountant`` = ``"rdp"``, ``"prv"`` or ``"gdp"``). ``engine="fused"``: the per-sample
+gradients of a linear head are outer products, g_i = r_i [h_i; 1]ᵀ with r_i = softmax(z_i) − e_{y_i}
+and ‖g_i‖ = ‖r_i‖ (‖h_i‖² + 1)^{1/2}, so the clipped sum is one matrix product (Σ_i a_i r_i h_iᵀ =
+(a∘R)ᵀH) and no n×K×D tensor is formed — the same step as Opacus' (tested to float32 round-off), far
+faster on wide features; its noise multiplier and ε come from the same RDP accounting (ours for
+full-batch NoisyGD, tested equal to Opacus'; Opacus' accountants for Poisson-sampled DP-SGD). ε at δ
+is reported for every run. Opacus is imported inside the functions, so ``import nclens`` works
+without the ``privacy`` extra. The head starts at zero, as in the paper. A non-finite loss stops
+training with a ``FloatingPointError`` naming the step and the learning rate.
 
 Remedies (Wang et al. 2024, Sec. 5), fitted on *public* features so they cost no privacy:
 centring on the public mean, PCA to d dimensions, and per-sample L2 normalisation
@@ -30,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Iterator
@@ -39,9 +47,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nclens.core.console import progress_bar
 from nclens.core.stats import validate_features, validate_labels
 
 __all__ = [
+    "head_noise_multiplier",
+    "head_epsilon",
     "PrivateHeadConfig",
     "PrivateHeadResult",
     "train_private_head",
@@ -53,6 +64,7 @@ __all__ = [
 
 _ALGORITHMS = ("noisygd", "dpsgd", "nonprivate")
 _ACCOUNTANTS = ("rdp", "prv", "gdp")
+_ENGINES = ("opacus", "fused")
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,9 @@ class PrivateHeadConfig:
         accountant: Opacus accountant, ``"rdp"``, ``"prv"`` or ``"gdp"``.
         bias: learn a bias.
         seed: seed of the noise and the sampling.
+        engine: ``"opacus"`` (Opacus' GradSampleModule) or ``"fused"`` (closed-form per-sample
+            gradients of the linear head, see the module docstring).
+        lr_key: the config key a divergence error names (e.g. ``heads.lr``).
     """
 
     algorithm: str = "noisygd"
@@ -87,8 +102,12 @@ class PrivateHeadConfig:
     accountant: str = "rdp"
     bias: bool = True
     seed: int = 0
+    engine: str = "opacus"
+    lr_key: str = "lr"
 
     def __post_init__(self) -> None:
+        if self.engine not in _ENGINES:
+            raise ValueError(f"engine must be one of {_ENGINES}, got {self.engine!r}")
         if self.algorithm not in _ALGORITHMS:
             raise ValueError(f"algorithm must be one of {_ALGORITHMS}, got {self.algorithm!r}")
         if self.accountant not in _ACCOUNTANTS:
@@ -160,6 +179,142 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+#: a training loss above this multiple of the zero head's loss (log K) is divergence (as the Trainer's rule)
+DIVERGENCE_FACTOR = 1e6
+
+
+def _check_loss(value: float, step: int, cfg: PrivateHeadConfig, num_classes: int) -> None:
+    """Non-finite loss, or more than DIVERGENCE_FACTOR × log K (the zero head's CE): a clear error naming the knob."""
+    start = math.log(num_classes)
+    if not math.isfinite(value) or value > DIVERGENCE_FACTOR * start:
+        what = f"became {value}" if not math.isfinite(value) else f"grew from {start:.4g} (zero head) to {value:.4g}"
+        raise FloatingPointError(
+            f"private head training diverged: the loss {what} after step {step}; lower {cfg.lr_key} "
+            f"(now {cfg.lr:g})"
+        )
+
+
+def _steps_per_epoch(cfg: PrivateHeadConfig, n: int) -> int:
+    """Optimiser steps per epoch: 1 (full batch) or Opacus' len(loader) = ⌈n / batch_size⌉ (DP-SGD)."""
+    return 1 if cfg.algorithm != "dpsgd" else math.ceil(n / min(cfg.batch_size, n))
+
+
+def head_noise_multiplier(config: PrivateHeadConfig, n: int) -> tuple[float, float, int]:
+    """(σ, sampling rate q, steps) of ``config`` on n samples (σ from ``target_epsilon`` when given).
+
+    Full-batch NoisyGD with the RDP accountant uses :func:`~nclens.privacy.accounting.noisy_gd_noise_multiplier`
+    (exact bisection); every other case Opacus' ``get_noise_multiplier`` (needs the ``privacy`` extra).
+    """
+    cfg = config
+    if cfg.algorithm == "nonprivate":
+        return 0.0, 1.0, cfg.epochs
+    per_epoch = _steps_per_epoch(cfg, n)
+    rate, steps = 1.0 / per_epoch, cfg.epochs * per_epoch
+    if cfg.noise_multiplier is not None:
+        return float(cfg.noise_multiplier), rate, steps
+    if cfg.algorithm == "noisygd" and cfg.accountant == "rdp":
+        from nclens.privacy.accounting import noisy_gd_noise_multiplier
+
+        return noisy_gd_noise_multiplier(cfg.target_epsilon, steps=steps, delta=cfg.delta), rate, steps
+    sigma = _opacus_noise_multiplier(float(cfg.target_epsilon), float(cfg.delta), rate, steps, cfg.accountant)
+    return sigma, rate, steps
+
+
+@functools.lru_cache(maxsize=256)
+def _opacus_noise_multiplier(epsilon: float, delta: float, rate: float, steps: int, accountant: str) -> float:
+    """Opacus' σ for (ε, δ) after ``steps`` steps at rate q (cached: the same for every seed and remedy)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        _quiet_opacus_warnings()
+        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=steps,
+                                          accountant=accountant))
+
+
+@functools.lru_cache(maxsize=256)
+def _opacus_epsilon(sigma: float, rate: float, steps: int, delta: float, accountant: str) -> float:
+    from opacus.accountants import create_accountant
+
+    with warnings.catch_warnings():
+        _quiet_opacus_warnings()
+        acc = create_accountant(mechanism=accountant)
+        acc.history = [(sigma, rate, steps)]
+        return float(acc.get_epsilon(delta=delta))
+
+
+def head_epsilon(config: PrivateHeadConfig, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+    """ε at δ of ``steps`` Gaussian-mechanism steps at sampling rate q (inf without noise)."""
+    if config.algorithm == "nonprivate" or noise_multiplier == 0:
+        return math.inf
+    if sample_rate == 1.0 and config.accountant == "rdp":
+        from nclens.privacy.accounting import noisy_gd_epsilon
+
+        return noisy_gd_epsilon(noise_multiplier, steps=steps, delta=config.delta)
+    return _opacus_epsilon(float(noise_multiplier), float(sample_rate), int(steps), float(config.delta),
+                           config.accountant)
+
+
+def _fused_head(x: Tensor, y: Tensor, k: int, cfg: PrivateHeadConfig, progress: bool) -> PrivateHeadResult:
+    """NoisyGD / DP-SGD / GD of a zero-initialised linear head with closed-form per-sample gradients.
+
+    Per step (Opacus' DPOptimizer): Σ_i a_i g_i + σ C Z over the batch (all n, or a Poisson sample at
+    rate q), divided by the expected batch size (n, or ⌊q n⌋), then torch's SGD (with momentum).
+    """
+    n, d = x.shape
+    dev = x.device
+    sigma, rate, steps_total = head_noise_multiplier(cfg, n)
+    private = cfg.algorithm != "nonprivate"
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    w = torch.zeros(k, d, dtype=x.dtype, device=dev)
+    b = torch.zeros(k, dtype=x.dtype, device=dev) if cfg.bias else None
+    buf_w = buf_b = None
+    onehot = torch.nn.functional.one_hot(y, k).to(x)  # (n, K)
+    sq = x.square().sum(1) + (1.0 if cfg.bias else 0.0)  # (n,) ‖[h; 1]‖²
+    per_epoch = _steps_per_epoch(cfg, n)
+    expected = n if cfg.algorithm != "dpsgd" else max(1, int(n * rate))
+    losses: list[float] = []
+    steps = 0
+    full = cfg.algorithm != "dpsgd"  # the loss after epoch e is that of the logits of step e + 1 (one pass)
+    with progress_bar(progress, f"{cfg.algorithm} head (fused)", cfg.epochs) as advance:
+        for epoch in range(cfg.epochs):
+            for _ in range(per_epoch):
+                if cfg.algorithm == "dpsgd":
+                    idx = torch.nonzero(torch.rand(n, generator=gen, device=dev) < rate).squeeze(1)
+                    if idx.numel() == 0:  # an empty Poisson batch: skipped, as in the Opacus loop
+                        continue
+                    xb, ob, sb = x[idx], onehot[idx], sq[idx]
+                else:
+                    xb, ob, sb = x, onehot, sq
+                z = xb @ w.T + (b if b is not None else 0.0)  # (B, K)
+                if full and epoch > 0:
+                    losses.append(float(torch.nn.functional.cross_entropy(z, y)))
+                    _check_loss(losses[-1], steps, cfg, k)
+                r = torch.softmax(z, dim=1) - ob  # (B, K) = ∂CE/∂z
+                if private:
+                    r = r * torch.clamp(cfg.clip / (r.norm(dim=1) * sb.sqrt()).clamp_min(1e-30), max=1.0)[:, None]
+                gw, gb = r.T @ xb, r.sum(0)  # (K, D), (K,)
+                if private:
+                    gw = gw + sigma * cfg.clip * torch.randn(k, d, generator=gen, device=dev, dtype=x.dtype)
+                    if gb is not None and b is not None:
+                        gb = gb + sigma * cfg.clip * torch.randn(k, generator=gen, device=dev, dtype=x.dtype)
+                gw, gb = gw / expected, gb / expected
+                if cfg.momentum > 0:  # torch.optim.SGD: buf = μ buf + g (buf = g at the first step)
+                    buf_w = gw if buf_w is None else cfg.momentum * buf_w + gw
+                    buf_b = gb if buf_b is None else cfg.momentum * buf_b + gb
+                    gw, gb = buf_w, buf_b
+                w = w - cfg.lr * gw
+                if b is not None:
+                    b = b - cfg.lr * gb
+                steps += 1
+            if not full or epoch == cfg.epochs - 1:
+                losses.append(float(torch.nn.functional.cross_entropy(x @ w.T + (b if b is not None else 0.0), y)))
+                _check_loss(losses[-1], steps, cfg, k)
+            advance()
+    epsilon = head_epsilon(cfg, sigma, rate, steps_total) if private else math.inf
+    return PrivateHeadResult(w.clone(), b.clone() if b is not None else None, epsilon, cfg.delta, sigma,
+                             rate, steps, losses, asdict(cfg))
+
+
 def train_private_head(
     features: Tensor,
     labels: Tensor,
@@ -169,19 +324,21 @@ def train_private_head(
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> PrivateHeadResult:
-    """Train a zero-initialised linear head on frozen features with NoisyGD / DP-SGD (Opacus).
+    """Train a zero-initialised linear head on frozen features with NoisyGD / DP-SGD (Opacus or fused).
 
     Per step: g_i = ∇ CE(W h_i + b, y_i); ĝ = (1/B)(Σ_i g_i min(1, C/‖g_i‖) + N(0, σ²C² I));
-    W ← W − η ĝ (Abadi et al. 2016). ε at δ from Opacus' accountant.
+    W ← W − η ĝ (Abadi et al. 2016). ε at δ from the RDP / PRV / GDP accountant.
 
     Args:
         features: (n, D) floating features. labels: (n,) integers in 0..K−1.
-        config: the algorithm and its hyper-parameters.
+        config: the algorithm, its hyper-parameters and the engine.
         num_classes: K (default: max label + 1).
         device: where to train (default: the features' device).
         progress: show a progress bar over epochs.
+
+    Raises:
+        FloatingPointError: the training loss became non-finite (names ``config.lr_key``).
     """
-    from rich.progress import Progress
     from torch.utils.data import DataLoader, TensorDataset
 
     x = validate_features(features)
@@ -197,6 +354,9 @@ def train_private_head(
     x, y = x.to(dev, torch.float32), y.to(dev)
     n, d = x.shape
     cfg = config
+    if cfg.engine == "fused":
+        with _seeded(cfg.seed, dev):
+            return _fused_head(x, y, k, cfg, progress)
     with _seeded(cfg.seed, dev), warnings.catch_warnings():
         _quiet_opacus_warnings()
         head = nn.Linear(d, k, bias=cfg.bias).to(dev)
@@ -235,8 +395,7 @@ def train_private_head(
         loss_fn = nn.CrossEntropyLoss()
         losses: list[float] = []
         steps = 0
-        with Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task(f"{cfg.algorithm} head", total=cfg.epochs)
+        with progress_bar(progress, f"{cfg.algorithm} head", cfg.epochs) as advance:
             for _ in range(cfg.epochs):
                 for xb, yb in loader:
                     if xb.shape[0] == 0:  # empty Poisson batch (probability (1-q)^n): skipped
@@ -248,7 +407,8 @@ def train_private_head(
                     steps += 1
                 with torch.no_grad():
                     losses.append(float(loss_fn(head(x), y)))
-                bar.advance(task)
+                _check_loss(losses[-1], steps, cfg, k)
+                advance()
         weight = head.weight.detach().clone()
         bias = head.bias.detach().clone() if head.bias is not None else None
         if engine is not None:
@@ -289,6 +449,7 @@ class PrivateLinearHead:
         accountant: str = "rdp",
         bias: bool = True,
         seed: int = 0,
+        engine: str = "opacus",
         device: str | None = None,
     ) -> None:
         self.algorithm = algorithm
@@ -303,12 +464,13 @@ class PrivateLinearHead:
         self.accountant = accountant
         self.bias = bias
         self.seed = seed
+        self.engine = engine
         self.device = device
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor parameters (scikit-learn contract)."""
         names = ("algorithm", "epochs", "lr", "momentum", "clip", "noise_multiplier", "target_epsilon",
-                 "delta", "batch_size", "accountant", "bias", "seed", "device")
+                 "delta", "batch_size", "accountant", "bias", "seed", "engine", "device")
         return {name: getattr(self, name) for name in names}
 
     def set_params(self, **params: Any) -> PrivateLinearHead:

@@ -1,23 +1,48 @@
 """Layer-peeled simulator of private last-layer training on (near-)collapsed features.
 
-Features (Wang, Zhu, Su & Wang, ICML 2024): the K unit-free vertices μ_c (radius r) of a simplex ETF
-in R^p, optionally moved by a common offset b ⟂ span(μ) of norm ``offset``, and perturbed either per
-sample (``"gaussian"``: h_i = μ_{y_i} + b + τ g_i, g_i ~ N(0, I_p)) or per class
-(``"structured"``: h_i = μ_{y_i} + b + τ v_{y_i}, v_c ~ N(0, I_p) fixed). A linear head W (K×p), no
-bias, starts at 0 and takes T NoisyGD steps (full batch, sampling rate 1) on the cross-entropy::
+Features (Wang, Zhu, Su & Wang, ICML 2024, the layer-peeled model): the K vertices μ_c (radius r)
+of a simplex ETF in R^p, optionally moved by a common offset b ⟂ span(μ) of norm ``offset``, and
+perturbed
 
-    W ← W − (η/n) ( Σ_i clip_C(g_i) + σ C Z ),   g_i = (softmax(W h_i) − e_{y_i}) h_iᵀ,  Z ~ N(0, I),
+* per sample (``perturb_kind="gaussian"``): h_i = μ_{y_i} + b + δ_i, δ_i ~ N(0, s² I_p) with
+  per-coordinate std s = τ (``perturb``; the shift norm then grows as τ√p) or s = β/√p
+  (``shift_norm`` β; E‖δ_i‖² = β² whatever p — the threshold sweep's perturbation);
+* per class (``"structured"``): h_i = μ_{y_i} + b + v_{y_i}, v_c fixed, v_c ~ N(0, τ² I_p) or v_c of
+  norm exactly β (``shift_norm``) in a random direction.
 
-clip_C(g) = g · min(1, C/‖g‖) and ‖g_i‖ = ‖softmax(W h_i) − e_{y_i}‖ ‖h_i‖ (an outer product).
-Everything is vectorised over Monte Carlo trials of the DP noise (one seeded dataset).
+Class sizes n_c are equal, or (``imbalance`` ρ > 1) proportional to ρ^{−c/(K−1)} (largest class ρ
+times the smallest). A linear head W (K×p, no bias) starts at W₀ — 0, or (``init_norm`` η₀ > 0, the
+model-space perturbation) a fixed random matrix of Frobenius norm η₀ — and takes T NoisyGD steps
+(full batch, sampling rate 1) on a registered loss (:data:`nclens.nn.losses.LOSSES`: ``ce``, ``mse``
+= mean over N·K, ``mse_sum``, ``mse_half``)::
 
-Closed form (one step from zero, exact ETF features, balanced classes, n samples). The mean clipped
-gradient is −(a/K) M with a = min(1, C/(√((K−1)/K) r)); the score margin of the true class is
-a r²/(K−1) and the noise on every score is (σ C r/n) ξ_k, ξ_k iid N(0, 1). So::
+    W ← W − (η/n) ( Σ_i clip_C(g_i) + σ C Z ),   g_i = r_i h_iᵀ,   Z ~ N(0, I),
 
-    error = P( max_{k≠y} (ξ_k − ξ_y) > a r n / ((K−1) σ C) ) = 1 − ∫ φ(z) Φ(z + t)^{K−1} dz,
+with r_i = ∂ℓ/∂z at z = W h_i: softmax(z) − e_y (ce) or c (z − e_y), c = 2/K (mse), 2 (mse_sum), 1
+(mse_half); clip_C(g) = g · min(1, C/‖g‖), ‖g_i‖ = ‖r_i‖ ‖h_i‖ (an outer product).
 
-independent of p; with r = 1 and C ≥ √((K−1)/K), t = 1/((K−1) s), s = σC/n (the issue's form).
+Exact reduction. Every gradient row lies in the span S of the training features and every score
+W h that is ever read is that of a training or test feature, so only W restricted to S ∪ span(test)
+matters, and N(0, I) restricted to any subspace is N(0, I) there. When p exceeds n + m the simulator
+therefore runs in an orthonormal basis Q (p × (n+m)) of that span — the same distribution of
+errors as the p-dimensional run, at a cost independent of p (tested against the full run).
+
+Closed form (one step, exactly collapsed features: no per-sample spread — exact ETF, offset,
+structured shifts, after PCA/normalisation). With class means M_c (Gram G = MMᵀ), initial scores
+B = W₀Mᵀ, residuals u_c = r(B_{·c}, c), clip factors a_c = min(1, C/(‖u_c‖ ‖M_c‖)) and
+S_{ky} = Σ_c n_c a_c u_{c,k} G_{cy}, the score of class k on a test point of class y is
+B_{ky} − (η/n)(S_{ky} + σ C ‖M_y‖ ξ_k), ξ iid N(0, 1), so::
+
+    error = mean_y [ 1 − ∫ φ(z) Π_{k≠y} Φ(z + t_{yk}) dz ],
+    t_{yk} = [ (n/η)(B_{yy} − B_{ky}) − (S_{yy} − S_{ky}) ] / (σ C ‖M_y‖),
+
+independent of p. For the exact ETF, balanced classes and W₀ = 0 (ce) this is
+t = a r n/((K−1)σC), a = min(1, C/(√((K−1)/K) r)) — with r = 1, C ≥ √((K−1)/K), t = 1/((K−1)s),
+s = σC/n; for the MSE losses a is replaced by min(c, C/r). Imbalance, the loss, W₀ and the learning
+rate (only through W₀) enter through u, a, n_c and B. For per-sample Gaussian shifts with
+E‖δ‖² = β² the same formula with ‖h_i‖² = ‖M_c‖² + β² in the clip factors and the noise is the
+p → ∞ limit (``error_large_p``): the shift directions become orthogonal to everything else.
+
 Remedies: PCA to d dimensions fitted on an independent *public* sample of the same model (no privacy
 cost) and per-sample L2 normalisation, applied to train and test features before training.
 
@@ -32,6 +57,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,25 +65,81 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nclens.core.console import progress_bar
 from nclens.core.geometry import simplex_etf
 from nclens.core.stats import ClassStats
+from nclens.nn.losses import LOSSES
 from nclens.privacy.accounting import noisy_gd_epsilon
 from nclens.privacy.shift import feature_shift_from_stats
 
 __all__ = [
+    "SIM_LOSSES",
     "SimulationConfig",
     "SimulationResult",
     "LayerPeeledModel",
     "layer_peeled_model",
+    "class_counts",
+    "loss_residual",
     "closed_form_error",
     "one_step_threshold",
+    "one_step_thresholds",
+    "one_step_error",
+    "error_from_thresholds",
     "noisy_gd_linear",
     "simulate_noisy_gd",
 ]
 
 _KINDS = ("gaussian", "structured")
-#: Elements of one (trials × K × p) chunk of heads (float64 ≈ 64 MiB).
+#: Losses the simulator trains with: names (and meanings) of the one registry nclens.nn.losses.LOSSES.
+SIM_LOSSES = ("ce", "mse", "mse_sum", "mse_half")
+assert all(name in LOSSES for name in SIM_LOSSES)
+#: Elements of one (trials × K × d) chunk of heads (float64 ≈ 64 MiB).
 _CHUNK_ELEMENTS = 2**23
+
+
+def _mse_scale(loss: str, num_classes: int) -> float:
+    """c in ∂ℓ/∂z = c (z − t): the registry's mse = (1/K)Σ_k → 2/K; mse_sum = Σ_k → 2; mse_half → 1."""
+    return {"mse": 2.0 / num_classes, "mse_sum": 2.0, "mse_half": 1.0}[loss]
+
+
+def loss_residual(logits: Tensor, onehot: Tensor, loss: str) -> Tensor:
+    """∂ℓ/∂z per sample (…, K) for the registered loss ``loss`` at logits z and one-hot targets.
+
+    ce: softmax(z) − e_y; mse / mse_sum / mse_half: c (z − e_y) with c = 2/K, 2, 1 (the derivatives
+    of the per-sample losses of :data:`nclens.nn.losses.LOSSES`).
+    """
+    if loss == "ce":
+        return torch.softmax(logits, dim=-1) - onehot
+    if loss in SIM_LOSSES:
+        return _mse_scale(loss, onehot.shape[-1]) * (logits - onehot)
+    raise ValueError(f"loss must be one of {list(SIM_LOSSES)} (names of nclens.nn.losses.LOSSES), got {loss!r}")
+
+
+def class_counts(num_classes: int, samples: int, imbalance: float = 1.0) -> tuple[int, ...]:
+    """n_c of the simulator: equal (ρ = 1; ``samples`` a multiple of K), else ∝ ρ^{−c/(K−1)}.
+
+    The unequal counts are the largest-remainder apportionment of ``samples``: class 0 is the
+    largest, class K−1 the smallest (about ρ times fewer). Every class keeps at least one sample.
+
+    Example:
+        >>> class_counts(3, 30), class_counts(3, 70, imbalance=4.0)
+        ((10, 10, 10), (40, 20, 10))
+    """
+    k = int(num_classes)
+    if not (math.isfinite(imbalance) and imbalance >= 1.0):
+        raise ValueError(f"imbalance must be a finite number >= 1 (largest / smallest class), got {imbalance!r}")
+    if imbalance == 1.0:
+        if samples < k or samples % k:
+            raise ValueError(f"samples must be a positive multiple of K={k} (balanced classes), got {samples!r}")
+        return (samples // k,) * k
+    weights = imbalance ** (-np.arange(k) / (k - 1))
+    share = samples * weights / weights.sum()
+    base = np.floor(share).astype(int)
+    order = np.argsort(-(share - base), kind="stable")
+    base[order[: samples - int(base.sum())]] += 1
+    if int(base.min()) < 1:
+        raise ValueError(f"samples={samples} with imbalance={imbalance:g} leaves a class empty; use more samples")
+    return tuple(int(c) for c in base)
 
 
 @dataclass(frozen=True)
@@ -67,22 +149,27 @@ class SimulationConfig:
     Attributes:
         num_classes: K >= 2.
         dim: feature dimension p >= K−1.
-        samples: n private training samples (a multiple of K: balanced classes).
+        samples: n private training samples (a multiple of K when ``imbalance`` = 1).
         noise_multiplier: σ (0 = no noise; then ``clip`` may be ``None`` = no clipping).
         clip: C, the per-sample gradient clipping norm.
-        perturb: τ, the perturbation scale (0 = exact ETF features).
+        perturb: τ, the per-coordinate perturbation std (0 = none); the shift norm grows as τ√p.
         perturb_kind: ``"gaussian"`` (per sample) or ``"structured"`` (per class, fixed).
+        shift_norm: β, a perturbation whose norm does not grow with p: per-coordinate std β/√p
+            (gaussian) or per-class shifts of norm β (structured). Exclusive with ``perturb``.
         offset: norm of a common shift b ⟂ span(ETF) added to every feature.
         radius: r, the norm of the ETF vertices.
         pca: d, project on the top-d principal components of the public sample (``None`` = off).
         normalise: scale every feature to unit norm (after PCA).
+        loss: ``ce``, ``mse`` (mean over N·K), ``mse_sum`` or ``mse_half`` (nclens.nn.losses.LOSSES).
+        imbalance: ρ >= 1, largest / smallest class of the training set (the test set is balanced).
+        init_norm: η₀, Frobenius norm of the fixed random initial head W₀ (0 = W₀ = 0).
         steps: T NoisyGD steps.
         lr: η, the step size.
         trials: Monte Carlo draws of the DP noise.
         test_per_class: test samples per class.
         public_samples: public sample size for PCA (default ``samples``).
         delta: δ of the reported ε.
-        seed: seed of the dataset and the noise.
+        seed: seed of the dataset, W₀ and the noise.
     """
 
     num_classes: int = 10
@@ -92,10 +179,14 @@ class SimulationConfig:
     clip: float | None = 1.0
     perturb: float = 0.0
     perturb_kind: str = "gaussian"
+    shift_norm: float | None = None
     offset: float = 0.0
     radius: float = 1.0
     pca: int | None = None
     normalise: bool = False
+    loss: str = "ce"
+    imbalance: float = 1.0
+    init_norm: float = 0.0
     steps: int = 1
     lr: float = 1.0
     trials: int = 1000
@@ -110,8 +201,9 @@ class SimulationConfig:
             raise ValueError(f"num_classes must be an integer >= 2, got {k!r}")
         if not isinstance(p, int) or p < k - 1:
             raise ValueError(f"dim must be an integer >= K-1 = {k - 1}, got {p!r}")
-        if not isinstance(self.samples, int) or self.samples < k or self.samples % k:
-            raise ValueError(f"samples must be a positive multiple of K={k} (balanced classes), got {self.samples!r}")
+        if not isinstance(self.samples, int) or self.samples < k:
+            raise ValueError(f"samples must be an integer >= K={k}, got {self.samples!r}")
+        class_counts(k, self.samples, self.imbalance)  # checks the counts
         if not math.isfinite(self.noise_multiplier) or self.noise_multiplier < 0:
             raise ValueError(f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier!r}")
         if self.clip is None:
@@ -123,6 +215,11 @@ class SimulationConfig:
             raise ValueError(f"perturb must be finite and >= 0, got {self.perturb!r}")
         if self.perturb_kind not in _KINDS:
             raise ValueError(f"perturb_kind must be one of {_KINDS}, got {self.perturb_kind!r}")
+        if self.shift_norm is not None:
+            if not (math.isfinite(self.shift_norm) and self.shift_norm >= 0):
+                raise ValueError(f"shift_norm must be finite and >= 0 (or None), got {self.shift_norm!r}")
+            if self.perturb > 0 and self.shift_norm > 0:
+                raise ValueError("give either perturb (per-coordinate std τ) or shift_norm (norm β), not both")
         if not (math.isfinite(self.offset) and self.offset >= 0):
             raise ValueError(f"offset must be finite and >= 0, got {self.offset!r}")
         if self.offset > 0 and p < k:
@@ -131,6 +228,11 @@ class SimulationConfig:
             raise ValueError(f"radius must be positive, got {self.radius!r}")
         if self.pca is not None and (not isinstance(self.pca, int) or not 1 <= self.pca <= p):
             raise ValueError(f"pca must be an integer in [1, dim={p}] or None, got {self.pca!r}")
+        if self.loss not in SIM_LOSSES:
+            raise ValueError(f"loss must be one of {list(SIM_LOSSES)} (names of nclens.nn.losses.LOSSES), "
+                             f"got {self.loss!r}")
+        if not (math.isfinite(self.init_norm) and self.init_norm >= 0):
+            raise ValueError(f"init_norm must be finite and >= 0, got {self.init_norm!r}")
         for name in ("steps", "trials", "test_per_class"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -142,6 +244,19 @@ class SimulationConfig:
         if not 0.0 < self.delta < 1.0:
             raise ValueError(f"delta must lie in (0, 1), got {self.delta!r}")
 
+    @property
+    def exact_collapse(self) -> bool:
+        """Whether every training feature of a class is the same point (no per-sample spread)."""
+        spread = self.perturb > 0 or (self.shift_norm or 0.0) > 0
+        return self.perturb_kind == "structured" or not spread
+
+    @property
+    def shift_sq_norm(self) -> float:
+        """E‖δ‖² of the per-sample (gaussian) perturbation: τ²p or β² (0 for structured shifts)."""
+        if self.perturb_kind != "gaussian":
+            return 0.0
+        return self.perturb**2 * self.dim if self.perturb > 0 else float(self.shift_norm or 0.0) ** 2
+
 
 @dataclass(frozen=True)
 class SimulationResult:
@@ -150,27 +265,34 @@ class SimulationResult:
     Attributes:
         error: Monte Carlo mean test error over the DP-noise trials.
         error_stderr: its standard error (std of the per-trial errors / √trials).
-        error_closed_form: the closed form (one step, exact features), else ``None``.
+        error_closed_form: the exact one-step closed form (exactly collapsed features), else ``None``.
+        error_large_p: the p → ∞ form for per-sample Gaussian shifts at the same E‖δ‖² (one step,
+            no PCA/normalisation, W₀ = 0, no offset), else ``None``.
         error_nonprivate: test error of the same training without noise (σ = 0, same clipping).
         epsilon: ε at ``delta`` (RDP of the Gaussian mechanism, T steps at sampling rate 1).
         delta: δ.
         feature_shift: feature shift of the training features (after remedies), see
             :func:`~nclens.privacy.feature_shift_from_stats`.
+        class_counts: n_c of the training set.
         config: the configuration (as a dict).
     """
 
     error: float
     error_stderr: float
     error_closed_form: float | None
+    error_large_p: float | None
     error_nonprivate: float
     epsilon: float
     delta: float
     feature_shift: float
+    class_counts: tuple[int, ...]
     config: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the config flattened in under ``config``)."""
-        return asdict(self)
+        """JSON-ready dict (the config under ``config``)."""
+        out = asdict(self)
+        out["class_counts"] = list(self.class_counts)
+        return out
 
 
 @dataclass(frozen=True)
@@ -179,17 +301,18 @@ class LayerPeeledModel:
 
     means: Tensor  # (K, p) ETF vertices of norm r
     offset: Tensor  # (p,)
-    class_shift: Tensor  # (K, p): τ v_c (structured) or zeros
-    perturb: float
+    class_shift: Tensor  # (K, p): v_c (structured) or zeros
+    noise_std: float  # per-coordinate std of the per-sample (gaussian) perturbation
     perturb_kind: str
 
-    def sample(self, per_class: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """``per_class`` features of every class (float64 (K·per_class, p)) and their labels."""
+    def sample(self, per_class: int | Sequence[int], generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Features (float64 (Σ n_c, p)) and labels: ``per_class`` samples of every class, or n_c each."""
         k, p = self.means.shape
-        y = torch.arange(k).repeat_interleave(per_class)  # (n,)
+        counts = [int(per_class)] * k if isinstance(per_class, (int, np.integer)) else [int(c) for c in per_class]
+        y = torch.repeat_interleave(torch.arange(k), torch.tensor(counts))  # (n,)
         x = self.means[y] + self.offset + self.class_shift[y]
-        if self.perturb_kind == "gaussian" and self.perturb > 0:
-            x = x + self.perturb * torch.randn(y.numel(), p, generator=generator, dtype=torch.float64)
+        if self.perturb_kind == "gaussian" and self.noise_std > 0:
+            x = x + self.noise_std * torch.randn(y.numel(), p, generator=generator, dtype=torch.float64)
         return x, y
 
 
@@ -204,39 +327,84 @@ def layer_peeled_model(config: SimulationConfig) -> LayerPeeledModel:
         q, _ = torch.linalg.qr(means.T)  # (p, K) basis containing span(μ)
         b = b - q @ (q.T @ b)
         offset = config.offset * b / b.norm()
+    beta = float(config.shift_norm or 0.0)
     class_shift = torch.zeros(k, p, dtype=torch.float64)
-    if config.perturb_kind == "structured" and config.perturb > 0:
-        class_shift = config.perturb * torch.randn(k, p, generator=gen, dtype=torch.float64)
-    return LayerPeeledModel(means, offset, class_shift, float(config.perturb), config.perturb_kind)
+    noise_std = 0.0
+    if config.perturb_kind == "structured":
+        if config.perturb > 0:
+            class_shift = config.perturb * torch.randn(k, p, generator=gen, dtype=torch.float64)
+        elif beta > 0:
+            v = torch.randn(k, p, generator=gen, dtype=torch.float64)
+            class_shift = beta * v / v.norm(dim=1, keepdim=True)
+    else:
+        noise_std = config.perturb if config.perturb > 0 else beta / math.sqrt(p)
+    return LayerPeeledModel(means, offset, class_shift, float(noise_std), config.perturb_kind)
+
+
+def _initial_head(config: SimulationConfig, num_classes: int, dim: int) -> Tensor | None:
+    """W₀: a fixed random K×d matrix of Frobenius norm ``init_norm`` (seeded), or ``None`` for W₀ = 0."""
+    if config.init_norm == 0:
+        return None
+    gen = torch.Generator().manual_seed(config.seed + 104729)
+    w = torch.randn(num_classes, dim, generator=gen, dtype=torch.float64)
+    return config.init_norm * w / w.norm()
+
+
+# ------------------------------------------------------------------------------------ closed forms
+def error_from_thresholds(thresholds: Tensor) -> float:
+    """mean_y [1 − ∫ φ(z) Π_{k≠y} Φ(z + t_{yk}) dz] = mean_y P(max_{k≠y}(ξ_k − ξ_y) > t_{yk}), ξ iid N(0, 1).
+
+    Args:
+        thresholds: (K, K) t_{yk}; the diagonal is ignored; ±inf allowed.
+    """
+    from scipy import integrate, special, stats
+
+    t = torch.as_tensor(thresholds, dtype=torch.float64).cpu().numpy()
+    k = t.shape[0]
+    if t.shape != (k, k) or k < 2:
+        raise ValueError(f"thresholds must be a K×K matrix with K >= 2, got shape {t.shape}")
+    errors = []
+    known: dict[tuple[float, ...], float] = {}  # the error depends on the multiset of t_{y·} only
+    for y in range(k):
+        row = np.sort(np.delete(t[y], y))  # (K-1,)
+        key = tuple(np.round(row, 12).tolist())
+        if key in known:
+            errors.append(known[key])
+            continue
+        if (row == np.inf).all():
+            known[key] = 0.0
+            errors.append(0.0)
+            continue
+
+        def integrand(z: float, row: np.ndarray = row) -> float:
+            return math.exp(stats.norm.logpdf(z) + float(special.log_ndtr(z + row).sum()))
+
+        correct, _ = integrate.quad(integrand, -np.inf, np.inf, epsabs=1e-13, epsrel=1e-11, limit=200)
+        known[key] = min(1.0, max(0.0, 1.0 - correct))
+        errors.append(known[key])
+    return float(np.mean(errors))
 
 
 def closed_form_error(threshold: float, num_classes: int) -> float:
     """P(max_{k≠y} (ξ_k − ξ_y) > t) = 1 − ∫ φ(z) Φ(z + t)^{K−1} dz, ξ iid N(0, 1).
 
-    Wang et al. (2024): the error of one NoisyGD step from zero on exact ETF features, with
+    Wang et al. (2024): the error of one NoisyGD step from zero on exact, balanced ETF features, with
     t = :func:`one_step_threshold`. For K = 2 it equals 1 − Φ(t/√2).
     """
-    from scipy import integrate, special, stats
-
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if math.isinf(threshold):
         return 0.0
-    k = num_classes
-
-    def integrand(z: float) -> float:
-        return math.exp(stats.norm.logpdf(z) + (k - 1) * special.log_ndtr(z + threshold))
-
-    correct, _ = integrate.quad(integrand, -np.inf, np.inf, epsabs=1e-13, epsrel=1e-11, limit=200)
-    return float(min(1.0, max(0.0, 1.0 - correct)))
+    return error_from_thresholds(torch.full((num_classes, num_classes), float(threshold), dtype=torch.float64))
 
 
 def one_step_threshold(
     num_classes: int, samples: int, noise_multiplier: float, clip: float, radius: float = 1.0
 ) -> float:
-    """t = a r n / ((K−1) σ C), a = min(1, C/(√((K−1)/K) r)): the margin-to-noise ratio of one step.
+    """t = a r n / ((K−1) σ C), a = min(1, C/(√((K−1)/K) r)): the margin-to-noise ratio of one CE step.
 
-    With r = 1 and C ≥ √((K−1)/K) this is 1/((K−1) s), s = σC/n (Wang et al. 2024).
+    The balanced, exact-ETF, W₀ = 0 case of :func:`one_step_thresholds`. With r = 1 and
+    C ≥ √((K−1)/K) this is 1/((K−1) s), s = σC/n (Wang et al. 2024).
     """
     k = num_classes
     if noise_multiplier == 0:
@@ -245,6 +413,62 @@ def one_step_threshold(
     return a * radius * samples / ((k - 1) * noise_multiplier * clip)
 
 
+def one_step_thresholds(
+    means: Tensor,
+    counts: Sequence[int] | Tensor,
+    *,
+    noise_multiplier: float,
+    clip: float | None,
+    loss: str = "ce",
+    lr: float = 1.0,
+    init: Tensor | None = None,
+    extra_sq_norm: float = 0.0,
+) -> Tensor:
+    """t_{yk} of one NoisyGD step on exactly collapsed features (module docstring), (K, K) float64.
+
+    Args:
+        means: (K, d) the training (and test) feature of each class.
+        counts: (K,) n_c of the training set.
+        noise_multiplier, clip: σ > 0 and C (``None``: no clipping).
+        loss: a name of :data:`SIM_LOSSES`.
+        lr: η (matters only with ``init``).
+        init: W₀ (K, d) or ``None`` (zero).
+        extra_sq_norm: β², added to ‖M_c‖² in the clip factors and the noise (the p → ∞ limit of
+            per-sample Gaussian shifts with E‖δ‖² = β²; needs ``init`` = None).
+    """
+    m = torch.as_tensor(means, dtype=torch.float64)
+    k = m.shape[0]
+    n_c = torch.as_tensor(counts, dtype=torch.float64)
+    if m.ndim != 2 or n_c.shape != (k,):
+        raise ValueError(f"means must be K×d and counts of length K, got {tuple(m.shape)} and {tuple(n_c.shape)}")
+    if not noise_multiplier > 0:
+        raise ValueError(f"the closed form needs noise_multiplier > 0, got {noise_multiplier!r}")
+    if extra_sq_norm and init is not None:
+        raise ValueError("extra_sq_norm (the large-p limit) is defined for W0 = 0 only")
+    gram = m @ m.T  # (K, K)
+    sq = torch.diagonal(gram) + float(extra_sq_norm)  # ‖h‖² per class
+    b = torch.zeros(k, k, dtype=torch.float64) if init is None else torch.as_tensor(init, dtype=torch.float64) @ m.T
+    eye = torch.eye(k, dtype=torch.float64)
+    u = loss_residual(b.T, eye, loss).T  # (K, K): column c = u_c
+    if clip is None:
+        a = torch.ones(k, dtype=torch.float64)
+        c_noise = 1.0
+    else:
+        a = torch.clamp(clip / (u.norm(dim=0) * sq.sqrt()).clamp_min(1e-300), max=1.0)
+        c_noise = float(clip)
+    s = (u * (n_c * a)[None, :]) @ gram  # S[k, y] = Σ_c n_c a_c u[k, c] G[c, y]
+    n = float(n_c.sum())
+    diag_b, diag_s = torch.diagonal(b), torch.diagonal(s)
+    margin = (n / lr) * (diag_b[:, None] - b.T) - (diag_s[:, None] - s.T)  # [y, k]
+    return margin / (noise_multiplier * c_noise * sq.sqrt())[:, None]
+
+
+def one_step_error(means: Tensor, counts: Sequence[int] | Tensor, **kwargs: Any) -> float:
+    """The closed-form test error (balanced test set) of :func:`one_step_thresholds`."""
+    return error_from_thresholds(one_step_thresholds(means, counts, **kwargs))
+
+
+# --------------------------------------------------------------------------------------- simulation
 def noisy_gd_linear(
     x: Tensor,
     y: Tensor,
@@ -256,16 +480,21 @@ def noisy_gd_linear(
     noise_multiplier: float,
     trials: int,
     generator: torch.Generator,
+    loss: str = "ce",
+    init: Tensor | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """NoisyGD on a bias-free linear head, ``trials`` independent noise draws at once.
 
-    W_{t+1} = W_t − (η/n)(Σ_i clip_C(g_i) + σ C Z_t), W_0 = 0, g_i = (softmax(W h_i) − e_{y_i}) h_iᵀ;
-    per-sample norms ‖g_i‖ = ‖softmax − e_y‖ ‖h_i‖ (no n×K×p tensor is formed).
+    W_{t+1} = W_t − (η/n)(Σ_i clip_C(g_i) + σ C Z_t), g_i = r_i h_iᵀ (r_i = ∂ℓ/∂z, :func:`loss_residual`);
+    per-sample norms ‖g_i‖ = ‖r_i‖ ‖h_i‖ (no n×K×p tensor is formed).
 
     Args:
         x: (n, p) float64 features. y: (n,) labels in 0..K−1.
         num_classes: K. steps, lr, clip, noise_multiplier: T, η, C (None = no clipping), σ.
         trials: number of independent heads. generator: source of the noise.
+        loss: a name of :data:`SIM_LOSSES`. init: W₀ (K, p) or ``None`` (zero).
+        noise: optional given Z, (T, trials, K, p), instead of drawing it.
 
     Returns:
         (trials, K, p) heads.
@@ -274,47 +503,60 @@ def noisy_gd_linear(
     onehot = torch.nn.functional.one_hot(y, num_classes).to(x)  # (n, K)
     xnorm = x.norm(dim=1)  # (n,)
     w = torch.zeros(trials, num_classes, p, dtype=x.dtype, device=x.device)
-    for _ in range(steps):
-        prob = torch.softmax(torch.einsum("np,tkp->tnk", x, w), dim=-1)  # (T, n, K)
-        resid = prob - onehot  # (T, n, K)
+    if init is not None:
+        w = w + init.to(x)[None]
+    for step in range(steps):
+        resid = loss_residual(torch.einsum("np,tkp->tnk", x, w), onehot, loss)  # (T, n, K)
         if clip is not None:
             gnorm = resid.norm(dim=-1) * xnorm  # (T, n)
             resid = resid * torch.clamp(clip / gnorm.clamp_min(1e-300), max=1.0)[..., None]
         grad = torch.einsum("tnk,np->tkp", resid, x)  # (T, K, p)
         if noise_multiplier > 0:
-            noise = torch.randn(trials, num_classes, p, generator=generator, dtype=x.dtype).to(x.device)
-            grad = grad + noise_multiplier * clip * noise
+            z = noise[step] if noise is not None else torch.randn(trials, num_classes, p, generator=generator,
+                                                                  dtype=x.dtype)
+            grad = grad + noise_multiplier * clip * z.to(x)
         w = w - (lr / n) * grad
     return w
 
 
 def _pca_fit(x: Tensor, d: int) -> tuple[Tensor, Tensor]:
-    """Mean (p,) and top-d principal directions (d, p) of ``x`` (float64)."""
+    """Mean (p,) and top-d principal directions (d, p) of ``x`` (float64).
+
+    For p > n the directions come from the n×n Gram matrix (exact: v_j = X_cᵀ u_j / √λ_j for its top
+    eigenpairs), which costs one GEMM instead of an n×p SVD.
+    """
+    n, p = x.shape
+    if min(n - 1, p) < d:
+        raise ValueError(f"PCA to d={d} needs at least {d + 1} public samples, got {n}")
     mean = x.mean(0)
-    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)  # vh (min(n,p), p)
-    if vh.shape[0] < d:
-        raise ValueError(f"PCA to d={d} needs at least {d} public samples, got {x.shape[0]}")
-    return mean, vh[:d]
+    xc = x - mean
+    if p <= n:
+        _, _, vh = torch.linalg.svd(xc, full_matrices=False)  # vh (p, p)
+        return mean, vh[:d]
+    evals, evecs = torch.linalg.eigh(xc @ xc.T)  # ascending, (n,), (n, n)
+    top, vecs = evals.flip(0)[:d], evecs.flip(1)[:, :d]  # (d,), (n, d)
+    comps = (xc.T @ vecs) / top.clamp_min(1e-300).sqrt()  # (p, d), orthonormal columns
+    return mean, comps.T
 
 
 def simulate_noisy_gd(config: SimulationConfig, *, progress: bool = False) -> SimulationResult:
-    """Monte Carlo test error of NoisyGD in the layer-peeled model, beside the closed form and ε.
+    """Monte Carlo test error of NoisyGD in the layer-peeled model, beside the closed forms and ε.
 
-    Draws one seeded dataset (train n, test K·m, public for PCA) from :func:`layer_peeled_model`,
-    trains ``trials`` heads with independent DP noise (:func:`noisy_gd_linear`, in chunks) and
-    averages their test errors. See the module docstring for the model and the closed form.
+    Draws one seeded dataset (train n_c per class, test K·m, public for PCA) from
+    :func:`layer_peeled_model`, trains ``trials`` heads with independent DP noise
+    (:func:`noisy_gd_linear`, in chunks, in the exact reduced basis when p > n + m) and averages
+    their test errors. See the module docstring for the model and the closed forms.
 
     Args:
         config: the experiment.
         progress: show a progress bar over the chunks of trials.
     """
-    from rich.progress import Progress
-
     cfg = config
     k = cfg.num_classes
+    counts = class_counts(k, cfg.samples, cfg.imbalance)
     model = layer_peeled_model(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
-    x, y = model.sample(cfg.samples // k, gen)
+    x, y = model.sample(counts, gen)
     xt, yt = model.sample(cfg.test_per_class, gen)
     if cfg.pca is not None:
         n_pub = cfg.public_samples if cfg.public_samples is not None else cfg.samples
@@ -325,38 +567,51 @@ def simulate_noisy_gd(config: SimulationConfig, *, progress: bool = False) -> Si
         x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
         xt = xt / xt.norm(dim=1, keepdim=True).clamp_min(1e-300)
     shift = feature_shift_from_stats(ClassStats(num_classes=k, scatter="trace").update(x, y)).rms
+    init = _initial_head(cfg, k, x.shape[1])
 
-    train = dict(steps=cfg.steps, lr=cfg.lr, clip=cfg.clip)
-    w0 = noisy_gd_linear(x, y, k, noise_multiplier=0.0, trials=1, generator=gen, **train)
-    err_np = float((torch.einsum("mp,kp->mk", xt, w0[0]).argmax(1) != yt).double().mean())
+    # exact reduction: run in an orthonormal basis of span(train ∪ test) when that is smaller than d
+    xr, xtr, initr = x, xt, init
+    first = torch.tensor([int(sum(counts[:c])) for c in range(k)])  # the first training sample of each class
+    rows = x[first] if cfg.exact_collapse else torch.cat([x, xt])  # exactly collapsed: the class points span all
+    if x.shape[1] > rows.shape[0]:
+        basis, _ = torch.linalg.qr(rows.T)  # (d, r), orthonormal columns whose span holds every feature
+        xr, xtr = x @ basis, xt @ basis
+        initr = init @ basis if init is not None else None
 
-    chunk = max(1, min(cfg.trials, _CHUNK_ELEMENTS // (k * x.shape[1])))
+    train = dict(steps=cfg.steps, lr=cfg.lr, clip=cfg.clip, loss=cfg.loss, init=initr)
+    w0 = noisy_gd_linear(xr, y, k, noise_multiplier=0.0, trials=1, generator=gen, **train)
+    err_np = float((torch.einsum("mp,kp->mk", xtr, w0[0]).argmax(1) != yt).double().mean())
+
+    chunk = max(1, min(cfg.trials, _CHUNK_ELEMENTS // (k * xr.shape[1])))
     errors = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("NoisyGD trials", total=cfg.trials)
+    with progress_bar(progress, "NoisyGD trials", cfg.trials) as advance:
         for start in range(0, cfg.trials, chunk):
             t = min(chunk, cfg.trials - start)
-            w = noisy_gd_linear(x, y, k, noise_multiplier=cfg.noise_multiplier, trials=t, generator=gen, **train)
-            pred = torch.einsum("mp,tkp->tmk", xt, w).argmax(-1)  # (t, m)
+            w = noisy_gd_linear(xr, y, k, noise_multiplier=cfg.noise_multiplier, trials=t, generator=gen, **train)
+            pred = torch.einsum("mp,tkp->tmk", xtr, w).argmax(-1)  # (t, m)
             errors.append((pred != yt).double().mean(1))
-            bar.advance(task, t)
+            advance(t)
     per_trial = torch.cat(errors)
     stderr = float(per_trial.std() / math.sqrt(cfg.trials)) if cfg.trials > 1 else math.nan
 
-    closed = None
-    exact = cfg.perturb == 0 and cfg.offset == 0 and cfg.steps == 1 and cfg.noise_multiplier > 0
-    if exact and (cfg.pca is None or cfg.pca >= k - 1):
-        radius = 1.0 if cfg.normalise else cfg.radius
-        assert cfg.clip is not None  # σ > 0 requires a clip
-        closed = closed_form_error(one_step_threshold(k, cfg.samples, cfg.noise_multiplier, cfg.clip, radius), k)
+    closed = large_p = None
+    if cfg.steps == 1 and cfg.noise_multiplier > 0:
+        common = dict(noise_multiplier=cfg.noise_multiplier, clip=cfg.clip, loss=cfg.loss)
+        if cfg.exact_collapse:
+            closed = one_step_error(x[first], counts, lr=cfg.lr, init=init, **common)
+        elif (cfg.perturb_kind == "gaussian" and cfg.pca is None and not cfg.normalise and cfg.init_norm == 0
+              and cfg.offset == 0):
+            large_p = one_step_error(model.means, counts, extra_sq_norm=cfg.shift_sq_norm, **common)
     eps = noisy_gd_epsilon(cfg.noise_multiplier, steps=cfg.steps, delta=cfg.delta)
     return SimulationResult(
         error=float(per_trial.mean()),
         error_stderr=stderr,
         error_closed_form=closed,
+        error_large_p=large_p,
         error_nonprivate=err_np,
         epsilon=eps,
         delta=cfg.delta,
         feature_shift=shift,
+        class_counts=counts,
         config=asdict(cfg),
     )

@@ -81,6 +81,9 @@ KIND_MODULES: dict[str, str] = {
     "bounds-sweep": "nclens.bounds.experiment",
     "gnn": "nclens.graph.experiment",
     "gufm": "nclens.graph.experiment",
+    "dp-dimension": "nclens.privacy.experiment",
+    "dp-threshold": "nclens.privacy.experiment",
+    "dp-features": "nclens.privacy.experiment",
 }
 
 #: the keys of a config file that describe it rather than configure it
