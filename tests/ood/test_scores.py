@@ -29,7 +29,19 @@ from nclens.ood import (
     pytorch_ood_score,
 )
 
-HAS_PYTORCH_OOD = importlib.util.find_spec("pytorch_ood") is not None
+
+def _loads(name: str) -> bool:
+    """Installed *and* importable: a pytorch-ood whose torchvision was built for another torch fails on import."""
+    if importlib.util.find_spec(name) is None:
+        return False
+    try:
+        importlib.import_module(name)
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
+HAS_PYTORCH_OOD = _loads("pytorch_ood")
 
 
 def test_logit_scores_match_scipy():

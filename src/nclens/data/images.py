@@ -347,10 +347,11 @@ def _load_cifar(name: str, split: str, root: str | os.PathLike[str] | None) -> I
                 continue
             try:
                 from torchvision import datasets
-            except ImportError as exc:
+            except (ImportError, RuntimeError) as exc:  # absent, or built for another torch
                 raise ImportError(
                     f"{folder / folder_name} holds CIFAR's python batches, which are pickle files; nclens does not "
-                    f"unpickle files itself. Install torchvision to read them (pip install 'nclens[vision]')."
+                    f"unpickle files itself. Install a torchvision built for the installed torch to read them "
+                    f"(pip install 'nclens[vision]'; loading it failed: {exc})."
                 ) from exc
             cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
             ds = cls(str(folder), train=split == "train", download=False)

@@ -245,10 +245,11 @@ def load_multilabel_digits(
 def _torchvision_datasets():  # noqa: ANN202 - module object
     try:
         from torchvision import datasets
-    except ImportError as exc:
+    except (ImportError, RuntimeError) as exc:  # absent, or built for another torch
         raise ImportError(
-            "ML-MNIST / ML-CIFAR10 need torchvision to read the local dataset files: "
-            "pip install 'nclens[vision]' (nothing is downloaded; point root= at an existing copy)"
+            "ML-MNIST / ML-CIFAR10 need a torchvision built for the installed torch to read the local dataset "
+            f"files: pip install 'nclens[vision]' (nothing is downloaded; point root= at an existing copy); "
+            f"loading it failed: {exc}"
         ) from exc
     return datasets
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "build_resnet", "STEMS"]
@@ -158,9 +159,10 @@ class ResNet(nn.Module):
 def _torchvision_resnet(depth: int, num_classes: int, in_channels: int, width: int, stem: str = "small") -> nn.Module:
     try:
         import torchvision
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    except (ImportError, RuntimeError) as exc:  # pragma: no cover - absent, or built for another torch
         raise ImportError(
-            "impl='torchvision' needs torchvision (pip install 'nclens[vision]'); use impl='own' otherwise"
+            f"impl='torchvision' needs a torchvision built for torch {torch.__version__} "
+            f"(pip install 'nclens[vision]'; loading it failed: {exc}); use impl='own' otherwise"
         ) from exc
     if width != 64:
         raise ValueError(f"torchvision's ResNet has width 64; got width={width} (use impl='own')")

@@ -541,7 +541,7 @@ def pytorch_ood_score(
         raise ValueError(f"unknown score {name!r}; valid: {list(SCORES)}")
     try:
         import pytorch_ood.detector as det
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    except (ImportError, RuntimeError) as exc:  # pragma: no cover - absent, or torchvision built for another torch
         raise ImportError("pytorch_ood_score needs pytorch-ood and a torchvision built for the installed torch: "
                           "pip install 'nclens[ood]'") from exc
     with torch.no_grad():
