@@ -207,7 +207,8 @@ def test_demo_writes_a_complete_run_folder(tmp_path):
     assert result.exit_code == 0, result.output
     assert "within_share" in result.output and "classifier" in result.output and "report:" in result.output
     for name in ("config.yaml", "versions.json", "layers.jsonl", "history.jsonl", "summary.json",
-                 "fixed_etf.json", "report.html", "figures/nc1_epochs.png", "figures/within_share_depth.png"):
+                 "fixed_etf.json", "report.html", "figures/nc1_epochs.png", "figures/within_share_depth.png",
+                 "figures/nc_over_epochs.png"):
         assert (out / name).is_file(), name
     config = RunFolder(out).config_record()
     assert config["train"]["epochs"] == 2 and config["data"]["name"] == "digits" and config["kind"] == "intermediate"

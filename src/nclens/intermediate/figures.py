@@ -28,6 +28,7 @@ from nclens.report.figures import (
     save_figures,
     split_records,
 )
+from nclens.report.nc_figures import fig_nc_over_epochs
 from nclens.runs.experiment import ReportContent
 from nclens.runs.folder import RunFolder
 
@@ -197,6 +198,10 @@ def write_figures(run: RunFolder) -> dict[str, Path]:
         if split_records(layers, "test"):
             figures["within_share_depth_test"] = fig_within_share_depth(layers, split="test")
         figures["nc1_epochs"] = fig_nc1_epochs(layers)
+        try:  # NC1–NC4 over epochs in four panels (Papyan et al. Fig. 6–9), one line per layer
+            figures["nc_over_epochs"] = fig_nc_over_epochs(layers, split="train")
+        except ValueError:  # no train records carry any of the four panels' metrics
+            pass
         if any(r.get("subspace_alignment") is not None for r in layers):
             figures["alignment"] = fig_alignment(layers)
         figures["ncc_accuracy"] = fig_ncc_accuracy(layers)

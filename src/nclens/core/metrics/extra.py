@@ -4,7 +4,7 @@ Definitions follow the official code of Wu & Papyan's ``neural-collapse`` librar
 code of "Linguistic Collapse", Wu & Papyan, NeurIPS 2024), repository ``rhubarbwu/neural-collapse``,
 files ``neural_collapse/kernels.py`` (``log_kernel``, ``riesz_kernel``, ``kernel_stats``,
 ``class_dist_norm_vars``) and ``neural_collapse/measure.py`` (``similarities``,
-``orthogonality_deviation``), commit c05a0b8. Notation as in DESIGN.md; μ̂_c = (μ_c − μ_G)/‖μ_c − μ_G‖
+``orthogonality_deviation``), commit c05a0b8. Notation as in the README's metric section; μ̂_c = (μ_c − μ_G)/‖μ_c − μ_G‖
 (the centred class means on the unit sphere), d_cc′ = ‖μ̂_c − μ̂_c′‖, pairs are the K(K−1)/2 pairs c < c′.
 
 * **GNC2, hyperspherical uniformity** (Liu et al., ICLR 2023, "Generalizing and decoupling neural
