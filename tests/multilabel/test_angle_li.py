@@ -107,7 +107,7 @@ def test_registered_documented_and_in_measure_json(tmp_path):
     out = tmp_path / "m.json"
     res = CliRunner().invoke(app, ["measure", str(path), "--json", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
-    got = json.loads(out.read_text())
+    got = json.loads(out.read_text())["results"][0]["metrics"]  # --json: {"results": [{metrics, provenance}]}
     ratio, deg = official_angle_metric(x.astype(np.float64), y)
     assert got["tagwise_angle_li"] == pytest.approx(ratio, rel=1e-5)
     assert got["tagwise_angle_li_deg"] == pytest.approx(deg, rel=1e-5)
