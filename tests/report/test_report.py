@@ -50,7 +50,7 @@ def test_write_figures_returns_paths(tmp_path):
         '{"epoch": 0, "split": "train", "layer": "a", "index": 0, "within_share": 0.5, "nc1": 1.0}\n'
     )
     paths = write_figures(RunFolder(tmp_path))
-    assert set(paths) == {"within_share_depth", "nc1_epochs", "ncc_accuracy"}
+    assert set(paths) == {"within_share_depth", "nc1_epochs", "nc_over_epochs", "ncc_accuracy"}
     assert all(p.read_bytes().startswith(PNG) for p in paths.values())
 
 
