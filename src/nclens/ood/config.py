@@ -78,8 +78,8 @@ class DataConfig:
             500 per class; ``null`` = all 5,000).
         root: folder holding the idx files (default: ``NCLENS_DATA`` or the Debian dataset location).
         features: ``features``: the ``.safetensors`` file of the ID / held-out classes (split per class by
-            ``test_fraction``, seeded); ``layer``: its layer the trained head reads (kind ``ood``; kind
-            ``ood-frozen`` evaluates every layer of the file); ``far_features``: a file of far-OOD inputs
+            ``test_fraction``, seeded); ``layer``: its layer the trained heads read (the
+            ``frozen`` variant evaluates every layer of the file as it is); ``far_features``: a file of far-OOD inputs
             (e.g. MNIST-5k through the same network).
     """
 
