@@ -8,7 +8,7 @@ refused without ``--resume``, bad values are refused before a folder is created.
 Example:
     $ nclens gnn gnn_sbm_c2_homophilic --out runs/gnn_c2
     $ nclens gufm --graph sbm-regular --epochs 300 --out runs/gufm_reg
-    $ nclens gufm --config gufm_paper_c2_cpu --out runs/gufm_paper      # the paper's setting scaled to 1 graph per family
+    $ nclens gufm --config gufm_paper_c2_cpu --out runs/gufm_paper      # paper's setting, 1 graph per family
 """
 
 from __future__ import annotations
