@@ -15,6 +15,7 @@ from nclens.cli import app
 from nclens.data import gaussian_features
 from nclens.privacy import experiment as dpx
 from nclens.privacy.config import FeaturesConfig, ThresholdConfig
+from nclens.privacy.finetune import LOGREG_CS
 from nclens.runs.config import build_config
 from nclens.runs.experiment import load_run_config, run
 from nclens.runs.folder import RunFolder
@@ -125,9 +126,12 @@ def test_features_kind_on_feature_files_resumes_and_tabulates(tmp_path, monkeypa
     assert sets["sharp"]["feature_shift"] < sets["blurry"]["feature_shift"]
     assert sets["sharp"]["n_test"] == 36 and sets["sharp"]["remedies"]["pca2+normalised"]["dim"] == 2
     rows = full.summary()["results"]["accuracy"]
-    assert len(rows) == 2 * 2 * (1 + 2 * 2)  # sets × remedies × (non-private + 2 algorithms × 2 ε)
+    assert len(rows) == 2 * 2 * (2 + 2 * 2)  # sets × remedies × (2 non-private references + 2 algorithms × 2 ε)
     by = {(r["feature_set"], r["remedy"], r["algorithm"], r["epsilon"]): r for r in rows}
     assert by[("sharp", "centred", "nonprivate", None)]["accuracy"] > 0.9
+    assert by[("sharp", "centred", "logreg", None)]["accuracy"] > 0.9  # the converged reference
+    logreg = [r for r in full.read_jsonl(dpx.RESULTS) if r["algorithm"] == "logreg"]
+    assert len(logreg) == 2 * 2 and all(r["logreg_c"] in LOGREG_CS for r in logreg)  # one cell per set × remedy
     assert by[("sharp", "centred", "noisygd", 8.0)]["epsilon_spent"] == pytest.approx(8.0, abs=1e-4)
     assert all(r["seeds"] == 1 for r in rows)
 
@@ -246,3 +250,25 @@ def test_feature_files_of_different_networks_are_split_into_the_same_images(tmp_
     assert parts[0][1].x.shape[0] == 60 and parts[0][2].x.shape[0] == 30
     np.savez(tmp_path / "c.npz", features=rng.normal(size=(30, 4)), labels=np.arange(30) % 3)
     assert common_indices([tmp_path / "a.npz", tmp_path / "c.npz"]) is None  # no indices: all samples are used
+
+
+def test_features_over_several_splits_pool_splits_and_seeds(tmp_path):
+    """split.seeds: each split's cells equal a run on that split alone; the tables pool splits × head seeds."""
+    paths = [_feature_file(tmp_path, "a.npz", 0.3)]
+    common = ["pretrain.checkpoints=[]", f"files=[{{name: a, path: '{paths[0]}'}}]", "heads.epsilons=[2.0]",
+              "heads.epochs=10", "heads.seeds=[0, 1]", "remedies=[{name: centred}]"]
+    both = RunFolder(run(load_run_config("dp_features_smoke", [*common, "split.seeds=[0, 3]"]), out=tmp_path / "b",
+                         progress=False, log=lambda s: None))
+    one = RunFolder(run(load_run_config("dp_features_smoke", [*common, "split.seed=3"]), out=tmp_path / "o",
+                        progress=False, log=lambda s: None))
+    records = _strip(both.read_jsonl(dpx.RESULTS))
+    assert {r["split"] for r in records} == {0, 3}
+    assert [r for r in records if r["split"] == 3] == _strip(one.read_jsonl(dpx.RESULTS))
+    rows = {(r["algorithm"], r["epsilon"]): r for r in both.summary()["results"]["accuracy"]}
+    assert rows[("noisygd", 2.0)]["seeds"] == 4 and rows[("logreg", None)]["seeds"] == 2
+    accs = [r["accuracy"] for r in records if r["algorithm"] == "noisygd"]
+    assert rows[("noisygd", 2.0)]["accuracy"] == pytest.approx(float(np.mean(accs)), abs=1e-12)
+    shifts = [f["feature_shift"] for f in both.read_jsonl(dpx.FEATURES)]
+    assert len(shifts) == 2 and rows[("noisygd", 2.0)]["feature_shift"] == pytest.approx(float(np.mean(shifts)))
+    with pytest.raises(ValueError, match="split.seeds"):
+        load_run_config("dp_features_smoke", ["split.seeds=[0, 1]"])  # the smoke config pre-trains checkpoints

@@ -155,3 +155,58 @@ def test_gram_pca_equals_the_svd_pca():
     assert comps_t.shape == (6, 20)
     with pytest.raises(ValueError, match="public samples"):
         _pca_fit(x[:5], 6)
+
+
+def _centres_and_head(cfg):
+    from nclens.privacy.simulate import _initial_head, layer_peeled_model
+
+    model = layer_peeled_model(cfg)
+    centres = model.means + model.offset + model.class_shift  # (K, p)
+    return model, centres, _initial_head(cfg, centres)
+
+
+def test_structured_shifts_have_norm_beta_and_the_same_geometry_for_every_p():
+    grams, shifts, closed = [], [], []
+    for p in (10, 300, 20000):
+        cfg = SimulationConfig(num_classes=10, dim=p, samples=100, noise_multiplier=5.0, clip=1.0, trials=2,
+                               perturb_kind="structured", shift_norm=0.5, seed=3)
+        model, centres, _ = _centres_and_head(cfg)
+        assert torch.allclose(model.class_shift.norm(dim=1), torch.full((10,), 0.5, dtype=torch.float64), rtol=1e-12)
+        # v_c lies in span(μ): removing the projection on the ETF's span leaves nothing
+        q, _ = torch.linalg.qr(model.means.T)
+        assert float((model.class_shift - (model.class_shift @ q) @ q.T).norm()) < 1e-12
+        res = simulate_noisy_gd(cfg)
+        grams.append(centres @ centres.T)
+        shifts.append(res.feature_shift)
+        closed.append(res.error_closed_form)
+    assert all(torch.allclose(g, grams[0], atol=1e-12) for g in grams)
+    assert shifts[0] > 0.05 and max(shifts) - min(shifts) < 1e-9  # a real shift, the same at every p
+    assert max(closed) - min(closed) < 1e-9
+
+
+def test_initial_head_has_norm_eta_lies_in_the_features_span_and_acts_the_same_for_every_p():
+    scores, closed = [], []
+    for p in (10, 400, 20000):
+        cfg = SimulationConfig(num_classes=10, dim=p, samples=100, noise_multiplier=5.0, clip=1.0, trials=2,
+                               init_norm=3.0, seed=1)
+        _, centres, w0 = _centres_and_head(cfg)
+        assert float(w0.norm()) == pytest.approx(3.0, rel=1e-12)
+        q, _ = torch.linalg.qr(centres.T)  # (p, K) holds span(centres)
+        assert float((w0 - (w0 @ q) @ q.T).norm()) < 1e-10
+        scores.append(w0 @ centres.T)  # (K, K) initial scores of the class centres
+        closed.append(simulate_noisy_gd(cfg).error_closed_form)
+    assert all(torch.allclose(s, scores[0], atol=1e-12) for s in scores)
+    assert max(closed) - min(closed) < 1e-9
+    assert closed[0] > simulate_noisy_gd(SimulationConfig(num_classes=10, dim=10, samples=100, noise_multiplier=5.0,
+                                                          clip=1.0, trials=2, seed=1)).error_closed_form + 0.05
+
+
+def test_noise_draws_are_independent_across_dimensions():
+    common = dict(num_classes=5, samples=50, noise_multiplier=4.0, clip=1.0, trials=400, test_per_class=4, seed=0)
+    a, b = (simulate_noisy_gd(SimulationConfig(dim=d, **common)) for d in (200, 2000))  # same reduced basis size
+    assert a.error_closed_form == pytest.approx(b.error_closed_form, abs=1e-12)
+    assert a.error != b.error  # different noise streams (the old shared stream gave equal errors here)
+    for r in (a, b):
+        assert abs(r.error - r.error_closed_form) < 3.5 * r.error_stderr + 1e-3
+    again = simulate_noisy_gd(SimulationConfig(dim=200, **common))
+    assert again.error == a.error  # and seeded

@@ -265,7 +265,9 @@ class SplitConfig:
     keeps only that many (seeded) private samples per class (the private set's size n sets the DP
     noise σC/n per step). ``common_samples``: when every feature file holds ``indices`` (``nclens
     extract`` writes the dataset index of each sample), use only the images all files hold, so every
-    network is split into the same public / private / test images. Seeded by ``seed``.
+    network is split into the same public / private / test images. Seeded by ``seed``; ``seeds`` (feature
+    files only) repeats every file's experiment on each of several seeded splits, and the tables then
+    average over splits × head seeds.
     """
 
     public_fraction: float = 0.5
@@ -273,12 +275,22 @@ class SplitConfig:
     private_per_class: int | None = None
     common_samples: bool = True
     seed: int = 0
+    seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _in_unit("split.public_fraction", self.public_fraction)
         _in_unit("split.test_fraction", self.test_fraction)
         if self.private_per_class is not None:
             check_positive("split.private_per_class", self.private_per_class)
+        if self.seeds:
+            _int_list("split.seeds", self.seeds, minimum=0)
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"split.seeds must not repeat a seed, got {list(self.seeds)}")
+
+    @property
+    def split_seeds(self) -> tuple[int, ...]:
+        """The seeds of the splits: ``seeds``, or ``(seed,)`` when it is empty."""
+        return tuple(self.seeds) or (self.seed,)
 
 
 @dataclass(frozen=True)
@@ -286,8 +298,10 @@ class HeadsConfig:
     """The private linear heads (zero-initialised, CE): algorithms, privacy levels, hyper-parameters.
 
     ``algorithms``: noisygd (full batch, ``epochs`` steps) and/or dpsgd (Poisson sampling at
-    ⌈n/batch_size⌉⁻¹, ``dpsgd_epochs`` epochs); every (feature set, remedy) also gets a non-private
-    head (plain GD, ``epochs`` steps). ``engine``: fused (closed-form per-sample gradients) or opacus.
+    ⌈n/batch_size⌉⁻¹, ``dpsgd_epochs`` epochs); every (feature set, remedy) also gets two non-private
+    references (:data:`nclens.privacy.finetune.NONPRIVATE`): plain GD (``epochs`` steps, no clipping or
+    noise) and a converged logistic regression (C by 3-fold CV on the private split). ``engine``: fused
+    (closed-form per-sample gradients) or opacus.
     """
 
     algorithms: tuple[str, ...] = ("noisygd",)
@@ -351,6 +365,9 @@ class FeaturesConfig:
         names = [f.name for f in self.files]
         if len(set(names)) != len(names) or any(n.startswith("epoch_") for n in names):
             raise ValueError(f"files need distinct names that do not start with 'epoch_', got {names}")
+        if len(self.split.split_seeds) > 1 and self.pretrain.checkpoints:
+            raise ValueError(f"split.seeds={list(self.split.seeds)}: several splits are for feature files only; "
+                             "the pre-training checkpoints use split.seed (leave split.seeds empty)")
         check_nonempty("remedies", self.remedies)
         remedies = [r.name for r in self.remedies]
         if len(set(remedies)) != len(remedies):

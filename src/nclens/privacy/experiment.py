@@ -6,19 +6,22 @@ Kinds:
   layer-peeled model against the feature dimension p, for exact and per-coordinate-perturbed ETF
   features (shift norm τ√p), with and without PCA, beside the closed form and the non-private error.
 * ``dp-threshold`` (:class:`~nclens.privacy.config.ThresholdConfig`) — the (β, p) sweep at a fixed
-  shift norm β (per-sample std β/√p, or per-class shifts of norm β), for the base setting and
-  variants (class imbalance, MSE losses, several steps and learning rates, a fixed initial W₀ ≠ 0),
+  shift norm β (per-sample std β/√p, or per-class shifts of norm β in the ETF's span), for the base
+  setting and variants (class imbalance, MSE losses, several steps and learning rates, a fixed initial
+  W₀ ≠ 0 of norm η in the span of the features),
   with the exact closed form where features are exactly collapsed, the p → ∞ form for per-sample
   shifts, Monte Carlo error bars, and the threshold β below which the error is flat in p.
 * ``dp-features`` (:class:`~nclens.privacy.config.FeaturesConfig`) — private fine-tuning of a
   linear head on real features: checkpoints of an MLP pre-trained (the one Trainer) on a public
   split, and/or feature files (e.g. ImageNet-pretrained EfficientNet-Lite0/1/2 features of
-  Fashion-MNIST); per feature set its collapse and feature shift, then NoisyGD / DP-SGD at each ε
-  and a non-private head, for each remedy (centring, normalisation, PCA fitted on public features).
+  Fashion-MNIST, on one or several seeded splits); per feature set its collapse and feature shift,
+  then NoisyGD / DP-SGD at each ε and two non-private references (the same GD without clipping and
+  noise; a converged logistic regression), for each remedy (centring, normalisation, PCA fitted on
+  public features).
 
 Run folder: ``config.yaml``, ``versions.json``; ``results.jsonl`` (one record per finished cell —
 a resumed run skips them; ``seconds`` is the only timing field); ``dp-features`` also
-``features.jsonl`` (one record per feature set) and ``pretrain/`` (the Trainer's history,
+``features.jsonl`` (one record per feature set and split) and ``pretrain/`` (the Trainer's history,
 checkpoint and kept ``weights/``); the tables ``accuracy_vs_dim.csv`` / ``threshold.csv`` +
 ``threshold_flat.csv`` / ``accuracy.csv`` + ``accuracy_table.csv``; ``summary.json`` last; figures
 and ``report.html`` from ``nclens report``.
@@ -314,26 +317,33 @@ def _feature_sets(config: FeaturesConfig, run: RunFolder, *, resume: bool, progr
                 model.eval()
                 accuracy = float((model(test.x).argmax(1) == test.y).double().mean())
             parts = [Part(penultimate_features(model, part.x), part.y) for part in (public, private, test)]
-            yield f"epoch_{epoch}", *parts, {"checkpoint": epoch, "pretrained_test_accuracy": accuracy}
+            yield f"epoch_{epoch}", *parts, {"split": config.split.seed, "checkpoint": epoch,
+                                             "pretrained_test_accuracy": accuracy}
     keep = common_indices([f.path for f in config.files]) if config.split.common_samples and config.files else None
-    for f in config.files:
-        public, private, test = split_feature_file(f.path, public_fraction=config.split.public_fraction,
-                                                   test_fraction=config.split.test_fraction, seed=config.split.seed,
-                                                   private_per_class=config.split.private_per_class, keep=keep)
-        yield f.name, public, private, test, {"file": f.path, "samples": public.x.shape[0] + private.x.shape[0]
-                                              + test.x.shape[0]}
+    for split_seed in config.split.split_seeds:
+        for f in config.files:
+            public, private, test = split_feature_file(f.path, public_fraction=config.split.public_fraction,
+                                                       test_fraction=config.split.test_fraction, seed=split_seed,
+                                                       private_per_class=config.split.private_per_class, keep=keep)
+            yield f.name, public, private, test, {"split": split_seed, "file": f.path,
+                                                  "samples": public.x.shape[0] + private.x.shape[0] + test.x.shape[0]}
 
 
 def accuracy_table(records: list[dict[str, Any]], features: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± sd over seeds of the test accuracy per (feature set, remedy, algorithm, ε)."""
-    info = {f["feature_set"]: f for f in features}
+    """Mean ± sd over splits × seeds of the test accuracy per (feature set, remedy, algorithm, ε).
+
+    ``feature_shift`` and ``nc1`` are the means over the splits' records of the feature set.
+    """
+    info = {name: {m: _mean_sd([g.get(m) for g in group])[0] for m in ("feature_shift", "nc1")}
+            for (name,), group in _group(features, ("feature_set",)).items()}
     rows = []
     for (name, remedy, algorithm, eps), group in _group(records, ("feature_set", "remedy", "algorithm",
                                                                   "epsilon")).items():
         acc, sd = _mean_sd([g["accuracy"] for g in group])
         rows.append({
             "feature_set": name, "remedy": remedy, "algorithm": algorithm, "epsilon": eps,
-            "level": "non-private" if eps is None else f"{eps:g}", "accuracy": acc, "accuracy_sd": sd,
+            "level": {"nonprivate": "non-private", "logreg": "non-private logreg"}.get(algorithm, algorithm)
+            if eps is None else f"{eps:g}", "accuracy": acc, "accuracy_sd": sd,
             "epsilon_spent": _mean_sd([g.get("epsilon_spent") for g in group])[0],
             "noise_multiplier": _mean_sd([g["noise_multiplier"] for g in group])[0], "seeds": len(group),
             "feature_shift": info.get(name, {}).get("feature_shift"), "nc1": info.get(name, {}).get("nc1"),
@@ -342,18 +352,20 @@ def accuracy_table(records: list[dict[str, Any]], features: list[dict[str, Any]]
 
 
 def _wide(rows: list[dict[str, Any]], config: FeaturesConfig) -> list[dict[str, Any]]:
+    from nclens.privacy.finetune import NONPRIVATE
+
     out = []
     for (name, remedy, algorithm), group in _group(rows, ("feature_set", "remedy", "algorithm")).items():
-        if algorithm == "nonprivate":
+        if algorithm in NONPRIVATE:
             continue
         row = {"feature_set": name, "remedy": remedy, "algorithm": algorithm,
                "feature_shift": group[0]["feature_shift"], "nc1": group[0]["nc1"]}
         for g in sorted(group, key=lambda g: g["epsilon"]):
             row[f"eps={g['level']}"] = g["accuracy"]
             row[f"eps={g['level']}_sd"] = g["accuracy_sd"]
-        nonp = [r for r in rows
-                if r["feature_set"] == name and r["remedy"] == remedy and r["algorithm"] == "nonprivate"]
-        row["non-private"] = nonp[0]["accuracy"] if nonp else None
+        for ref, column in zip(NONPRIVATE, ("non-private", "non-private logreg")):
+            nonp = [r for r in rows if r["feature_set"] == name and r["remedy"] == remedy and r["algorithm"] == ref]
+            row[column] = nonp[0]["accuracy"] if nonp else None
         out.append(row)
     return out
 
@@ -381,14 +393,17 @@ class FeaturesExperiment(_DPExperiment):
         from nclens.privacy.finetune import feature_set_record, fit_remedy, head_accuracy
 
         heads = config.heads
-        keys = ("feature_set", "remedy", "algorithm", "epsilon", "seed")
+        keys = ("feature_set", "split", "remedy", "algorithm", "epsilon", "seed")
         done = _cells(run, keys)
-        recorded = {r["feature_set"] for r in run.read_jsonl(FEATURES)}
+        recorded = {(r["feature_set"], r.get("split")) for r in run.read_jsonl(FEATURES)}
         levels = [("nonprivate", None)] + [(a, e) for a in heads.algorithms for e in heads.epsilons]
-        total = len(config.feature_sets()) * len(config.remedies) * len(levels) * len(heads.seeds)
+        levels.insert(1, ("logreg", None))  # deterministic: one cell, at the first head seed
+        sets = len(config.pretrain.checkpoints) + len(config.files) * len(config.split.split_seeds)
+        total = sets * len(config.remedies) * ((len(levels) - 1) * len(heads.seeds) + 1)
         with progress_bar(progress, "private heads", total) as advance:
             for name, public, private, test, extra in _feature_sets(config, run, resume=resume, progress=progress):
-                if name not in recorded:
+                split = extra["split"]
+                if (name, split) not in recorded:
                     run.append_jsonl(FEATURES, [{**feature_set_record(name, public, private, test, config.remedies),
                                                  **extra}])
                 k = int(torch.unique(private.y).numel())
@@ -399,8 +414,8 @@ class FeaturesExperiment(_DPExperiment):
                     prep = fit_remedy(remedy, public.x)
                     z_priv, z_test = prep.transform(private.x), prep.transform(test.x)
                     for algorithm, eps in levels:
-                        for seed in heads.seeds:
-                            key = (name, remedy.name, algorithm, eps, seed)
+                        for seed in heads.seeds[:1] if algorithm == "logreg" else heads.seeds:
+                            key = (name, split, remedy.name, algorithm, eps, seed)
                             if key not in done:
                                 started = time.perf_counter()
                                 cell = head_accuracy(z_priv, private.y, z_test, test.y, k, heads, algorithm, eps, seed)

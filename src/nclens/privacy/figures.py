@@ -287,16 +287,17 @@ def fig_accuracy_vs_epsilon(rows: list[dict[str, Any]]) -> Figure:
                     ax.errorbar([r["epsilon"] for r in g], [r["accuracy"] for r in g],
                                 yerr=[_nan(r["accuracy_sd"]) for r in g], color=c, ls=ls, marker="o", ms=3, capsize=2,
                                 label=f"{name} ({algorithm})")
-            nonp = [r for r in rows if r["remedy"] == remedy and r["feature_set"] == name
-                    and r["algorithm"] == "nonprivate"]
-            if nonp:
-                ax.axhline(nonp[0]["accuracy"], color=c, ls=":", lw=1)
+            for ref, ls in (("nonprivate", ":"), ("logreg", "-.")):
+                nonp = [r for r in rows if r["remedy"] == remedy and r["feature_set"] == name
+                        and r["algorithm"] == ref]
+                if nonp:
+                    ax.axhline(nonp[0]["accuracy"], color=c, ls=ls, lw=1)
         ax.set_xscale("log")
         if epsilons:
             ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
             ax.minorticks_off()
         ax.set_xlabel("ε")
-        ax.set_title(f"{remedy} (dotted: non-private)", fontsize=9)
+        ax.set_title(f"{remedy} (non-private: dotted GD, dash-dot logreg)", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
@@ -309,11 +310,12 @@ def fig_accuracy_vs_shift(rows: list[dict[str, Any]]) -> Figure:
     fig, axes = plt.subplots(1, len(remedies), figsize=(4.3 * len(remedies) + 1.5, 3.9), sharey=True, squeeze=False,
                              constrained_layout=True)
     for ax, remedy in zip(axes[0], remedies):
-        g = [r for r in rows if r["remedy"] == remedy and r["algorithm"] in ("noisygd", "nonprivate")]
+        g = [r for r in rows if r["remedy"] == remedy and r["algorithm"] in ("noisygd", "nonprivate", "logreg")]
         for level in dict.fromkeys(r["level"] for r in g):
             gl = sorted([r for r in g if r["level"] == level], key=lambda r: _nan(r["feature_shift"]))
+            reference = level.startswith("non-private")
             ax.plot([r["feature_shift"] for r in gl], [r["accuracy"] for r in gl], marker="o",
-                    ls=":" if level == "non-private" else "-", label=level if level == "non-private" else f"ε={level}")
+                    ls=":" if reference else "-", label=level if reference else f"ε={level}")
         ax.set_xlabel("feature shift (private split)")
         ax.set_title(remedy, fontsize=9)
         ax.grid(alpha=0.3)
@@ -334,29 +336,30 @@ def features_report(run: RunFolder) -> ReportContent:
     rows, features = _feature_rows(run)
     sets = []
     for f in features:
-        row = {k: f.get(k) for k in ("feature_set", "dim", "n_private", "feature_shift", "feature_shift_means",
+        row = {k: f.get(k) for k in ("feature_set", "split", "dim", "n_private", "feature_shift", "feature_shift_means",
                                      "feature_shift_within", "feature_shift_sample_normalised", "nc1",
                                      "within_share", "nc2_etf", "pretrained_test_accuracy")}
         for name, rem in (f.get("remedies") or {}).items():
             row[f"shift after {name}"] = rem["feature_shift"]
         sets.append(row)
-    levels = list(dict.fromkeys(r["level"] for r in rows if r["algorithm"] != "nonprivate"))
+    refs = ("nonprivate", "logreg")
+    levels = list(dict.fromkeys(r["level"] for r in rows if r["algorithm"] not in refs))
     table = []
     for key in dict.fromkeys((r["feature_set"], r["remedy"], r["algorithm"]) for r in rows
-                             if r["algorithm"] != "nonprivate"):
+                             if r["algorithm"] not in refs):
         row = {"feature_set": key[0], "remedy": key[1], "algorithm": key[2]}
         for r in rows:
-            if (r["feature_set"], r["remedy"]) == key[:2] and r["algorithm"] in (key[2], "nonprivate"):
+            if (r["feature_set"], r["remedy"]) == key[:2] and r["algorithm"] in (key[2], *refs):
                 sd = f" ± {r['accuracy_sd']:.3f}" if r["accuracy_sd"] is not None else ""
-                row["non-private" if r["algorithm"] == "nonprivate" else f"ε={r['level']}"] = f"{r['accuracy']:.3f}{sd}"
+                row[r["level"] if r["algorithm"] in refs else f"ε={r['level']}"] = f"{r['accuracy']:.3f}{sd}"
         table.append({c: row.get(c) for c in ["feature_set", "remedy", "algorithm", *[f"ε={lv}" for lv in levels],
-                                              "non-private"]})
-    seeds = max((r["seeds"] for r in rows), default=0)
+                                              "non-private", "non-private logreg"]})
+    seeds = max((r["seeds"] for r in rows if r["algorithm"] != "logreg"), default=0)
     return ReportContent(
         title="NC meets DP: private heads on real features",
         headline=[{"feature sets": len(sets), "seeds": seeds}],
         tables={"feature sets: collapse and feature shift (private split)": sets,
-                f"test accuracy (mean ± sd over {seeds} seeds)": table},
+                f"test accuracy (mean ± sd over {seeds} runs = splits × head seeds)": table},
         notes=[f"Private linear heads (zero-initialised, CE) as in {_REF}; ε at δ from the RDP accountant; "
                "remedies fitted on the public split."],
     )
@@ -369,7 +372,8 @@ def features_text(run: RunFolder) -> str:
     content = features_report(run)
     sets, accuracy = content.tables.values()
     short = ("dim", "nc1", "feature_shift", "pretrained_test_accuracy")
-    lines = [format_table({r["feature_set"]: {k: r.get(k) for k in short if r.get(k) is not None} for r in sets},
+    lines = [format_table({f"{r['feature_set']} (split {r.get('split')})": {k: r.get(k) for k in short
+                                                                          if r.get(k) is not None} for r in sets},
                           title="feature sets (private split)", row_header="set").rstrip()]
     lines.append(format_table({" / ".join(str(r[k]) for k in ("feature_set", "remedy", "algorithm")):
                                {k: v for k, v in r.items() if k not in ("feature_set", "remedy", "algorithm")}

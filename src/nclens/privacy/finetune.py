@@ -5,7 +5,12 @@
   per-sample normalisation, :mod:`~nclens.privacy.shift`) and the shift after each remedy;
 * :func:`fit_remedy` — a remedy (centre, PCA, normalise) fitted on the *public* split;
 * :func:`head_accuracy` — a private (NoisyGD / DP-SGD at ε) or non-private head trained on the
-  private split, its test accuracy and the privacy actually spent.
+  private split, its test accuracy and the privacy actually spent. Two non-private references
+  (:data:`NONPRIVATE`): ``"nonprivate"``, the private heads' own full-batch GD without clipping or noise
+  (same steps and learning rate: what the noise and clipping cost), and ``"logreg"``, a converged
+  L2-regularised multinomial logistic regression (scikit-learn, lbfgs, with bias; C picked from
+  :data:`LOGREG_CS` by 3-fold stratified cross-validation on the private split): the best a linear
+  head does without privacy.
 
 Example:
     >>> import torch
@@ -37,10 +42,15 @@ from nclens.core.stats import ClassStats
 from nclens.privacy.heads import FeaturePreprocessor, PrivateHeadConfig, train_private_head
 from nclens.privacy.shift import feature_shift, feature_shift_from_stats
 
-__all__ = ["COLLAPSE_METRICS", "fit_remedy", "feature_set_record", "head_accuracy"]
+__all__ = ["COLLAPSE_METRICS", "NONPRIVATE", "LOGREG_CS", "fit_remedy", "feature_set_record", "head_accuracy",
+           "logreg_accuracy"]
 
 #: the collapse metrics recorded for every feature set (registry names)
 COLLAPSE_METRICS = ("nc1", "within_share", "nc2_etf", "cdnv")
+#: the non-private references: the private heads' GD without clipping and noise; converged logistic regression
+NONPRIVATE = ("nonprivate", "logreg")
+#: the inverse L2 strengths C the logistic-regression reference chooses from (3-fold CV on the private split)
+LOGREG_CS = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def fit_remedy(remedy: Any, public_x: Tensor) -> FeaturePreprocessor:
@@ -80,8 +90,11 @@ def head_accuracy(z_private: Tensor, y_private: Tensor, z_test: Tensor, y_test: 
     """Train one head (``algorithm`` at ``epsilon``; ``"nonprivate"`` with ``epsilon=None``); its test accuracy.
 
     NoisyGD and the non-private head take ``heads.epochs`` full-batch steps; DP-SGD
-    ``heads.dpsgd_epochs`` epochs of Poisson-sampled batches (``heads.batch_size``).
+    ``heads.dpsgd_epochs`` epochs of Poisson-sampled batches (``heads.batch_size``); ``"logreg"`` is
+    :func:`logreg_accuracy` (deterministic; ``seed`` only fixes the CV folds).
     """
+    if algorithm == "logreg":
+        return logreg_accuracy(z_private, y_private, z_test, y_test, seed=seed)
     private = algorithm != "nonprivate"
     cfg = PrivateHeadConfig(
         algorithm=algorithm, epochs=heads.dpsgd_epochs if algorithm == "dpsgd" else heads.epochs, lr=heads.lr,
@@ -98,3 +111,28 @@ def head_accuracy(z_private: Tensor, y_private: Tensor, z_test: Tensor, y_test: 
         "steps": res.steps,
         "final_loss": res.loss[-1],
     }
+
+
+def logreg_accuracy(z_private: Tensor, y_private: Tensor, z_test: Tensor, y_test: Tensor, *,
+                    seed: int = 0) -> dict[str, Any]:
+    """Test accuracy of a converged L2-regularised multinomial logistic regression (non-private reference).
+
+    scikit-learn's ``LogisticRegression`` (lbfgs, with intercept, float64) minimising
+    ½‖W‖² + C Σ_i CE(W h_i + b, y_i); C is the entry of :data:`LOGREG_CS` with the best mean
+    accuracy over a 3-fold stratified split of the private features (ties: the smaller C), then
+    refitted on all of them.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    x = z_private.detach().cpu().double().numpy()
+    y = y_private.detach().cpu().numpy()
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=seed).split(x, y))
+    scores = [float(np.mean([LogisticRegression(C=c, max_iter=5000).fit(x[tr], y[tr]).score(x[va], y[va])
+                             for tr, va in folds])) for c in LOGREG_CS]
+    best = LOGREG_CS[int(np.argmax(scores))]
+    clf = LogisticRegression(C=best, max_iter=5000).fit(x, y)
+    accuracy = float(clf.score(z_test.detach().cpu().double().numpy(), y_test.detach().cpu().numpy()))
+    return {"accuracy": accuracy, "epsilon_spent": None, "noise_multiplier": 0.0, "steps": int(clf.n_iter_.max()),
+            "final_loss": None, "logreg_c": best}

@@ -7,12 +7,21 @@ perturbed
 * per sample (``perturb_kind="gaussian"``): h_i = μ_{y_i} + b + δ_i, δ_i ~ N(0, s² I_p) with
   per-coordinate std s = τ (``perturb``; the shift norm then grows as τ√p) or s = β/√p
   (``shift_norm`` β; E‖δ_i‖² = β² whatever p — the threshold sweep's perturbation);
-* per class (``"structured"``): h_i = μ_{y_i} + b + v_{y_i}, v_c fixed, v_c ~ N(0, τ² I_p) or v_c of
-  norm exactly β (``shift_norm``) in a random direction.
+* per class (``"structured"``): h_i = μ_{y_i} + b + v_{y_i}, v_c fixed: v_c ~ N(0, τ² I_p) (``perturb``;
+  norm ≈ τ√p), or (``shift_norm`` β) v_c = β a_cM/‖a_cM‖ with M the K×p matrix of the μ_c and
+  a_c ~ N(0, I_K) drawn independently of p — shifts of norm exactly β *inside the ETF's span*, so the
+  Gram matrix of the class centres, and with it the feature shift and the error distribution, is the
+  same for every p. (Random directions in R^p would not hold the shift fixed: as p grows they become
+  orthogonal to each other and to the μ_c, the centres' Gram tends to G + β²I, again a simplex ETF, and
+  the measured shift falls to 0.)
 
 Class sizes n_c are equal, or (``imbalance`` ρ > 1) proportional to ρ^{−c/(K−1)} (largest class ρ
 times the smallest). A linear head W (K×p, no bias) starts at W₀ — 0, or (``init_norm`` η₀ > 0, the
-model-space perturbation) a fixed random matrix of Frobenius norm η₀ — and takes T NoisyGD steps
+model-space perturbation) W₀ = η₀ A C/‖A C‖_F, with C the K×d class centres as the head sees them
+(μ_c + b + v_c after the remedies) and A ~ N(0, I) a fixed K×K draw independent of p: a random head of
+Frobenius norm η₀ *in the span of the features*, whose scores W₀C^T = η₀ A CC^T/‖AC‖_F depend on the
+centres' Gram matrix only, hence not on p (a W₀ spread over all p coordinates would act on the features
+with a norm ≈ η₀√(K/p) and confound the perturbation with the dimension) — and takes T NoisyGD steps
 (full batch, sampling rate 1) on a registered loss (:data:`nclens.nn.losses.LOSSES`: ``ce``, ``mse``
 = mean over N·K, ``mse_sum``, ``mse_half``)::
 
@@ -20,6 +29,10 @@ model-space perturbation) a fixed random matrix of Frobenius norm η₀ — and 
 
 with r_i = ∂ℓ/∂z at z = W h_i: softmax(z) − e_y (ce) or c (z − e_y), c = 2/K (mse), 2 (mse_sum), 1
 (mse_half); clip_C(g) = g · min(1, C/‖g‖), ‖g_i‖ = ‖r_i‖ ‖h_i‖ (an outer product).
+
+Randomness. The dataset (per-sample perturbations, test and public samples) is drawn from a generator
+seeded by ``seed``; the DP noise from a second stream seeded by (``seed``, p), so that Monte Carlo runs at
+different p are independent even where the exact reduction below makes their bases the same size.
 
 Exact reduction. Every gradient row lies in the span S of the training features and every score
 W h that is ever read is that of a training or test feature, so only W restricted to S ∪ span(test)
@@ -155,14 +168,16 @@ class SimulationConfig:
         perturb: τ, the per-coordinate perturbation std (0 = none); the shift norm grows as τ√p.
         perturb_kind: ``"gaussian"`` (per sample) or ``"structured"`` (per class, fixed).
         shift_norm: β, a perturbation whose norm does not grow with p: per-coordinate std β/√p
-            (gaussian) or per-class shifts of norm β (structured). Exclusive with ``perturb``.
+            (gaussian) or per-class shifts of norm β inside the ETF's span (structured). Exclusive
+            with ``perturb``.
         offset: norm of a common shift b ⟂ span(ETF) added to every feature.
         radius: r, the norm of the ETF vertices.
         pca: d, project on the top-d principal components of the public sample (``None`` = off).
         normalise: scale every feature to unit norm (after PCA).
         loss: ``ce``, ``mse`` (mean over N·K), ``mse_sum`` or ``mse_half`` (nclens.nn.losses.LOSSES).
         imbalance: ρ >= 1, largest / smallest class of the training set (the test set is balanced).
-        init_norm: η₀, Frobenius norm of the fixed random initial head W₀ (0 = W₀ = 0).
+        init_norm: η₀, Frobenius norm of the fixed random initial head W₀ in the span of the class
+            centres (0 = W₀ = 0); see the module docstring.
         steps: T NoisyGD steps.
         lr: η, the step size.
         trials: Monte Carlo draws of the DP noise.
@@ -333,21 +348,32 @@ def layer_peeled_model(config: SimulationConfig) -> LayerPeeledModel:
     if config.perturb_kind == "structured":
         if config.perturb > 0:
             class_shift = config.perturb * torch.randn(k, p, generator=gen, dtype=torch.float64)
-        elif beta > 0:
-            v = torch.randn(k, p, generator=gen, dtype=torch.float64)
+        elif beta > 0:  # v_c = β a_c M/‖a_c M‖ in span(μ), a_c drawn independently of p
+            coef = torch.randn(k, k, generator=torch.Generator().manual_seed(config.seed + 7927), dtype=torch.float64)
+            v = coef @ means  # (K, p)
             class_shift = beta * v / v.norm(dim=1, keepdim=True)
     else:
         noise_std = config.perturb if config.perturb > 0 else beta / math.sqrt(p)
     return LayerPeeledModel(means, offset, class_shift, float(noise_std), config.perturb_kind)
 
 
-def _initial_head(config: SimulationConfig, num_classes: int, dim: int) -> Tensor | None:
-    """W₀: a fixed random K×d matrix of Frobenius norm ``init_norm`` (seeded), or ``None`` for W₀ = 0."""
+def _initial_head(config: SimulationConfig, centres: Tensor) -> Tensor | None:
+    """W₀ = η₀ A C/‖A C‖_F in the span of the class centres C (K×d, as the head sees them), or ``None``.
+
+    A ~ N(0, I) is a K×K draw seeded by ``seed`` alone (not by p), so W₀Cᵀ depends on CCᵀ only.
+    """
     if config.init_norm == 0:
         return None
+    k = centres.shape[0]
     gen = torch.Generator().manual_seed(config.seed + 104729)
-    w = torch.randn(num_classes, dim, generator=gen, dtype=torch.float64)
-    return config.init_norm * w / w.norm()
+    w = torch.randn(k, k, generator=gen, dtype=torch.float64) @ centres  # (K, d)
+    return config.init_norm * w / w.norm().clamp_min(1e-300)
+
+
+def _noise_generator(seed: int, dim: int) -> torch.Generator:
+    """The DP-noise stream of (seed, p): independent across dimensions and of the dataset's stream."""
+    state = np.random.SeedSequence([int(seed), int(dim), 0x6E6F697365]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
 # ------------------------------------------------------------------------------------ closed forms
@@ -558,16 +584,17 @@ def simulate_noisy_gd(config: SimulationConfig, *, progress: bool = False) -> Si
     gen = torch.Generator().manual_seed(cfg.seed)
     x, y = model.sample(counts, gen)
     xt, yt = model.sample(cfg.test_per_class, gen)
+    centres = model.means + model.offset + model.class_shift  # (K, p) the class centres
     if cfg.pca is not None:
         n_pub = cfg.public_samples if cfg.public_samples is not None else cfg.samples
         xp, _ = model.sample(max(1, -(-n_pub // k)), gen)
         mean, comps = _pca_fit(xp, cfg.pca)
-        x, xt = (x - mean) @ comps.T, (xt - mean) @ comps.T  # (n, d), (m, d)
+        x, xt, centres = ((a - mean) @ comps.T for a in (x, xt, centres))  # (n, d), (m, d), (K, d)
     if cfg.normalise:
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        xt = xt / xt.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        x, xt, centres = (a / a.norm(dim=1, keepdim=True).clamp_min(1e-300) for a in (x, xt, centres))
     shift = feature_shift_from_stats(ClassStats(num_classes=k, scatter="trace").update(x, y)).rms
-    init = _initial_head(cfg, k, x.shape[1])
+    init = _initial_head(cfg, centres)
+    gen = _noise_generator(cfg.seed, cfg.dim)
 
     # exact reduction: run in an orthonormal basis of span(train ∪ test) when that is smaller than d
     xr, xtr, initr = x, xt, init
