@@ -272,3 +272,18 @@ def test_features_over_several_splits_pool_splits_and_seeds(tmp_path):
     assert len(shifts) == 2 and rows[("noisygd", 2.0)]["feature_shift"] == pytest.approx(float(np.mean(shifts)))
     with pytest.raises(ValueError, match="split.seeds"):
         load_run_config("dp_features_smoke", ["split.seeds=[0, 1]"])  # the smoke config pre-trains checkpoints
+
+
+def test_flatness_pairs_seeds():
+    """A per-seed offset shared by every p (the seed's W₀) cancels in the paired gap; MC noise sets its floor."""
+    records = []
+    for seed, offset in enumerate((0.0, 0.2, 0.4)):  # seed-to-seed spread 0.2 ≫ the p effect
+        for p, effect in ((10, 0.03), (1000, 0.0)):
+            records.append({"variant": "v", "beta": 1.0, "dim": p, "seed": seed, "error": 0.3 + offset + effect,
+                            "error_stderr": 0.004, "error_nonprivate": 0.0, "feature_shift": 0.0, "epsilon": 1.0})
+    table = dpx.threshold_table(records)
+    low = next(r for r in table if r["dim"] == 10)
+    assert low["gap"] == pytest.approx(0.03) and low["gap_se"] == pytest.approx(math.sqrt(2 * 0.004**2 / 3))
+    assert low["error_se"] > 0.1  # unpaired, the 0.03 would hide in the seed spread ...
+    flat, _ = dpx.flatness(table, 3.0)
+    assert flat[0]["flat"] is False  # ... paired, it is 9.2 standard errors

@@ -24,6 +24,7 @@ def test_dimension_claims(tmp_path):
 
 def test_threshold_claims(tmp_path):
     out = run("dp_threshold", overrides=["model.trials=400", "betas=[0.0, 0.5, 2.0]", "dims=[10, 100, 3000]",
+                                         "seeds=[0, 1, 2, 3, 4]",
                                          "variants=[{name: base}, {name: imbalance-10, imbalance: 10.0}, "
                                          "{name: loss-mse, loss: mse}, {name: steps-10, steps: 10}, "
                                          "{name: w0-steps-10, init_norm: 3.0, steps: 10}, "

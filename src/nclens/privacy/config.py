@@ -165,9 +165,10 @@ class ThresholdConfig:
 
     Every ``variants`` × its β (``betas``) × ``dims`` × ``seeds`` is one cell (a
     :func:`~nclens.privacy.simulate_noisy_gd` run, with the exact closed form where features are
-    exactly collapsed and the p → ∞ form for per-sample shifts). A β is *flat in p* when every p's
-    mean error lies within ``flat_sigmas`` standard errors (over seeds) of the largest p's; the
-    threshold is the largest β of the grid up to which every β is flat.
+    exactly collapsed and the p → ∞ form for per-sample shifts). A β is *flat in p* when for every p
+    the seed-paired gap mean_s[err_s(p) − err_s(p_max)] lies within ``flat_sigmas`` of its standard
+    error (over seeds, floored by the Monte Carlo error; :func:`~nclens.privacy.experiment.flatness`);
+    the threshold is the largest β of the grid up to which every β is flat.
     """
 
     name: str = "dp-threshold"

@@ -220,13 +220,46 @@ def threshold_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "feature_shift": _mean_sd([g["feature_shift"] for g in group])[0],
             "epsilon": group[0]["epsilon"], "seeds": n,
         })
+    _paired_gaps(rows, records)
     return rows
+
+
+def _paired_gaps(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+    """Add ``gap`` / ``gap_se``: the seed-paired difference err(p) − err(p_max) and its standard error.
+
+    Seed s draws the same ETF orientation, W₀ and structured shifts at every p, so the per-seed
+    differences d_s remove that variation: gap = mean_s d_s, gap_se = max(sd(d)/√S, the Monte Carlo
+    floor √(mc(p)² + mc(p_max)²)/√S) — the floor keeps three nearly equal d_s from claiming a
+    precision the 'trials' noise draws do not have.
+    """
+    by_seed = {(r["variant"], r["beta"], r["dim"], r["seed"]): r for r in records}
+    top = {}
+    for r in rows:
+        key = (r["variant"], r["beta"])
+        top[key] = max(top.get(key, r["dim"]), r["dim"])
+    for r in rows:
+        ref_p = top[(r["variant"], r["beta"])]
+        seeds = sorted({k[3] for k in by_seed if k[:3] == (r["variant"], r["beta"], r["dim"])}
+                       & {k[3] for k in by_seed if k[:3] == (r["variant"], r["beta"], ref_p)})
+        if not seeds:
+            r["gap"] = r["gap_se"] = None
+            continue
+        pairs = [(by_seed[(r["variant"], r["beta"], r["dim"], s)], by_seed[(r["variant"], r["beta"], ref_p, s)])
+                 for s in seeds]
+        diffs = [a["error"] - b["error"] for a, b in pairs]
+        mc = math.sqrt(float(np.mean([(a["error_stderr"] or 0.0) ** 2 + (b["error_stderr"] or 0.0) ** 2
+                                      for a, b in pairs])) / len(seeds))
+        sd = float(np.std(diffs, ddof=1)) / math.sqrt(len(seeds)) if len(seeds) > 1 else 0.0
+        r["gap"] = float(np.mean(diffs))
+        r["gap_se"] = 0.0 if r["dim"] == ref_p else max(sd, mc)
 
 
 def flatness(table: list[dict[str, Any]], sigmas: float) -> tuple[list[dict[str, Any]], dict[str, float | None]]:
     """Per (variant, β): is the error flat in p? And per variant the threshold β (largest β up to which all are flat).
 
-    Flat: |mean(p) − mean(p_max)| ≤ ``sigmas`` · √(se(p)² + se(p_max)²) for every p (se over seeds).
+    Flat: |gap(p)| ≤ ``sigmas`` · se(p) for every p, with the seed-paired gap err(p) − err(p_max) and its
+    standard error (``gap`` / ``gap_se`` of :func:`threshold_table`) where the table has them, else
+    |mean(p) − mean(p_max)| against √(se(p)² + se(p_max)²) (se over seeds).
     """
     flat_rows = []
     for (variant, beta), group in _group(table, ("variant", "beta")).items():
@@ -234,8 +267,11 @@ def flatness(table: list[dict[str, Any]], sigmas: float) -> tuple[list[dict[str,
         ref = group[-1]
         worst, flat = 0.0, True
         for r in group:
-            se = math.hypot(r["error_se"] or 0.0, ref["error_se"] or 0.0)
-            gap = abs(r["error"] - ref["error"])
+            if r.get("gap_se") is not None:
+                se, gap = r["gap_se"], abs(r["gap"])
+            else:
+                se = math.hypot(r["error_se"] or 0.0, ref["error_se"] or 0.0)
+                gap = abs(r["error"] - ref["error"])
             z = gap / se if se > 0 else (math.inf if gap > 0 else 0.0)
             worst = max(worst, z)
             flat = flat and z <= sigmas

@@ -269,15 +269,25 @@ def _feature_rows(run: RunFolder) -> tuple[list[dict[str, Any]], list[dict[str, 
     return accuracy_table(_records(run, "dp-features"), features), features
 
 
+def _remedy_grid(count: int) -> tuple[Figure, Any]:
+    """One panel per remedy, at most three per row (shared y); unused panels hidden."""
+    cols = min(3, count)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols + 1.5, 3.6 * rows), sharey=True, squeeze=False,
+                             constrained_layout=True)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def fig_accuracy_vs_epsilon(rows: list[dict[str, Any]]) -> Figure:
     """Accuracy against ε, one panel per remedy, one colour per feature set; solid NoisyGD, dashed DP-SGD."""
     remedies = list(dict.fromkeys(r["remedy"] for r in rows))
     sets = list(dict.fromkeys(r["feature_set"] for r in rows))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, len(remedies), figsize=(4.3 * len(remedies) + 1.5, 3.9), sharey=True, squeeze=False,
-                             constrained_layout=True)
+    fig, axes = _remedy_grid(len(remedies))
     epsilons = sorted({r["epsilon"] for r in rows if r["epsilon"] is not None})
-    for ax, remedy in zip(axes[0], remedies):
+    for ax, remedy in zip(axes.flat, remedies):
         for i, name in enumerate(sets):
             c = colours[i % len(colours)]
             for algorithm, ls in (("noisygd", "-"), ("dpsgd", "--")):
@@ -299,7 +309,8 @@ def fig_accuracy_vs_epsilon(rows: list[dict[str, Any]]) -> Figure:
         ax.set_xlabel("ε")
         ax.set_title(f"{remedy} (non-private: dotted GD, dash-dot logreg)", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
+    for row in axes:
+        row[0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig
 
@@ -307,9 +318,8 @@ def fig_accuracy_vs_epsilon(rows: list[dict[str, Any]]) -> Figure:
 def fig_accuracy_vs_shift(rows: list[dict[str, Any]]) -> Figure:
     """NoisyGD accuracy against the feature shift of each set (one line per ε), one panel per remedy."""
     remedies = list(dict.fromkeys(r["remedy"] for r in rows))
-    fig, axes = plt.subplots(1, len(remedies), figsize=(4.3 * len(remedies) + 1.5, 3.9), sharey=True, squeeze=False,
-                             constrained_layout=True)
-    for ax, remedy in zip(axes[0], remedies):
+    fig, axes = _remedy_grid(len(remedies))
+    for ax, remedy in zip(axes.flat, remedies):
         g = [r for r in rows if r["remedy"] == remedy and r["algorithm"] in ("noisygd", "nonprivate", "logreg")]
         for level in dict.fromkeys(r["level"] for r in g):
             gl = sorted([r for r in g if r["level"] == level], key=lambda r: _nan(r["feature_shift"]))
@@ -319,7 +329,8 @@ def fig_accuracy_vs_shift(rows: list[dict[str, Any]]) -> Figure:
         ax.set_xlabel("feature shift (private split)")
         ax.set_title(remedy, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (NoisyGD)")
+    for row in axes:
+        row[0].set_ylabel("test accuracy (NoisyGD)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig
 

@@ -119,8 +119,8 @@ def logreg_accuracy(z_private: Tensor, y_private: Tensor, z_test: Tensor, y_test
 
     scikit-learn's ``LogisticRegression`` (lbfgs, with intercept, float64) minimising
     ½‖W‖² + C Σ_i CE(W h_i + b, y_i); C is the entry of :data:`LOGREG_CS` with the best mean
-    accuracy over a 3-fold stratified split of the private features (ties: the smaller C), then
-    refitted on all of them.
+    accuracy over a 3-fold stratified split of the private features (ties: the smaller C; each fold
+    walks the C path with warm starts), then refitted from zero on all of them.
     """
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -128,9 +128,11 @@ def logreg_accuracy(z_private: Tensor, y_private: Tensor, z_test: Tensor, y_test
 
     x = z_private.detach().cpu().double().numpy()
     y = y_private.detach().cpu().numpy()
-    folds = list(StratifiedKFold(3, shuffle=True, random_state=seed).split(x, y))
-    scores = [float(np.mean([LogisticRegression(C=c, max_iter=5000).fit(x[tr], y[tr]).score(x[va], y[va])
-                             for tr, va in folds])) for c in LOGREG_CS]
+    scores = np.zeros(len(LOGREG_CS))
+    for tr, va in StratifiedKFold(3, shuffle=True, random_state=seed).split(x, y):
+        clf = LogisticRegression(C=LOGREG_CS[0], max_iter=5000, warm_start=True)  # the C path, warm-started:
+        for i, c in enumerate(LOGREG_CS):  # each fit converges to the same (strictly convex) optimum, faster
+            scores[i] += clf.set_params(C=c).fit(x[tr], y[tr]).score(x[va], y[va])
     best = LOGREG_CS[int(np.argmax(scores))]
     clf = LogisticRegression(C=best, max_iter=5000).fit(x, y)
     accuracy = float(clf.score(z_test.detach().cpu().double().numpy(), y_test.detach().cpu().numpy()))
