@@ -287,3 +287,36 @@ def test_flatness_pairs_seeds():
     assert low["error_se"] > 0.1  # unpaired, the 0.03 would hide in the seed spread ...
     flat, _ = dpx.flatness(table, 3.0)
     assert flat[0]["flat"] is False  # ... paired, it is 9.2 standard errors
+
+
+def test_feature_perturbations_make_perturbed_copies_of_each_set(tmp_path):
+    from nclens.privacy.data import Part, perturb_parts, split_feature_file
+
+    path = _feature_file(tmp_path, "a.npz", 0.2)
+    common = ["pretrain.checkpoints=[]", f"files=[{{name: a, path: '{path}'}}]", "heads.epsilons=[2.0]",
+              "heads.epochs=10", "heads.seeds=[0]", "remedies=[{name: centred}]", "split.seeds=[0, 1]"]
+    out = RunFolder(run(load_run_config("dp_features_smoke", [*common, "perturbations=[{name: b1, shift_norm: 1.0}]"]),
+                        out=tmp_path / "p", progress=False, log=lambda s: None))
+    sets = {(f["feature_set"], f["split"]): f for f in out.read_jsonl(dpx.FEATURES)}
+    assert set(sets) == {("a", 0), ("a~b1", 0), ("a", 1), ("a~b1", 1)}
+    for split in (0, 1):
+        assert sets[("a~b1", split)]["feature_shift"] > sets[("a", split)]["feature_shift"] + 0.3
+        assert sets[("a~b1", split)]["perturbation_shift_norm"] == 1.0
+    # the perturbed copy is perturb_parts of the split, seeded by (split, set, perturbation): rebuild it here
+    import zlib
+
+    public, private, test = split_feature_file(path, public_fraction=0.5, test_fraction=0.2, seed=1)
+    parts = perturb_parts((public, private, test), 1.0, [1, zlib.crc32(b"a"), zlib.crc32(b"b1")])
+    r = float((private.x.double() - private.x.double().mean(0)).square().sum(1).mean().sqrt())
+    noise = (parts[1].x - private.x.double()).square().sum(1).mean().sqrt()
+    assert float(noise) / r == pytest.approx(1.0, rel=0.15)  # E‖δ‖² = β² r²
+    from nclens.privacy.config import RemedyConfig
+    from nclens.privacy.finetune import feature_set_record
+
+    again = feature_set_record("a~b1", *parts, [RemedyConfig("centred")])
+    assert again["feature_shift"] == pytest.approx(sets[("a~b1", 1)]["feature_shift"], rel=1e-12)
+    assert all(isinstance(q, Part) and q.x.dtype == torch.float64 for q in parts)
+    with pytest.raises(ValueError, match="shift_norm"):
+        load_run_config("dp_features_smoke", ["perturbations=[{name: z, shift_norm: 0.0}]"])
+    with pytest.raises(ValueError, match="distinct names"):
+        load_run_config("dp_features_smoke", ["perturbations=[{name: z, shift_norm: 1.0}, {name: z, shift_norm: 2.0}]"])

@@ -32,6 +32,7 @@ __all__ = [
     "ThresholdVariant",
     "ThresholdConfig",
     "RemedyConfig",
+    "PerturbationConfig",
     "PretrainConfig",
     "FeatureFileConfig",
     "SplitConfig",
@@ -208,6 +209,27 @@ class RemedyConfig:
 
 
 @dataclass(frozen=True)
+class PerturbationConfig:
+    """A feature perturbation of real features (the robustness question of Wang et al. 2024, on real data).
+
+    Every sample of every split (public, private, test) gets independent Gaussian noise δ_i ~ N(0, s² I_D)
+    with s = β r/√D, so that E‖δ_i‖ ≈ β r whatever D; r = (mean_i ‖h_i − h̄‖²)^{1/2} is the RMS spread
+    of the set's private features about their mean (``shift_norm`` β is in units of the features' own
+    scale). The perturbed copy of feature set ``name`` is the feature set ``name~<perturbation name>``.
+    """
+
+    name: str = ""
+    shift_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("every entry of perturbations needs a name")
+        if not (math.isfinite(self.shift_norm) and self.shift_norm > 0):
+            raise ValueError(f"perturbations[{self.name}].shift_norm must be a positive number, got "
+                             f"{self.shift_norm!r}")
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     """Pre-training on a public split (the checkpoint source of ``dp-features``; off with no ``checkpoints``).
 
@@ -353,6 +375,7 @@ class FeaturesConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     files: tuple[FeatureFileConfig, ...] = ()
     split: SplitConfig = field(default_factory=SplitConfig)
+    perturbations: tuple[PerturbationConfig, ...] = ()
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     remedies: tuple[RemedyConfig, ...] = (
         RemedyConfig("centred"),
@@ -369,11 +392,16 @@ class FeaturesConfig:
         if len(self.split.split_seeds) > 1 and self.pretrain.checkpoints:
             raise ValueError(f"split.seeds={list(self.split.seeds)}: several splits are for feature files only; "
                              "the pre-training checkpoints use split.seed (leave split.seeds empty)")
+        perturbations = [q.name for q in self.perturbations]
+        if len(set(perturbations)) != len(perturbations):
+            raise ValueError(f"perturbations need distinct names, got {perturbations}")
         check_nonempty("remedies", self.remedies)
         remedies = [r.name for r in self.remedies]
         if len(set(remedies)) != len(remedies):
             raise ValueError(f"remedies need distinct names, got {remedies}")
 
     def feature_sets(self) -> list[str]:
-        """The names of the feature sets, in order: ``epoch_<e>`` for each checkpoint, then the files."""
-        return [f"epoch_{e}" for e in self.pretrain.checkpoints] + [f.name for f in self.files]
+        """The names of the feature sets, in order: ``epoch_<e>`` for each checkpoint, then the files; each
+        followed by its perturbed copies ``<set>~<perturbation>``."""
+        base = [f"epoch_{e}" for e in self.pretrain.checkpoints] + [f.name for f in self.files]
+        return [n for b in base for n in (b, *(f"{b}~{q.name}" for q in self.perturbations))]

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from nclens.runs.folder import RunFolder
 from nclens.train import Callback, TensorData, Trainer
 
-__all__ = ["Part", "load_public_private", "split_feature_file", "file_indices", "common_indices",
+__all__ = ["Part", "load_public_private", "split_feature_file", "file_indices", "common_indices", "perturb_parts",
            "KeepWeights", "pretrain", "build_mlp",
            "penultimate_features", "weights_name"]
 
@@ -40,6 +41,32 @@ class Part:
 
     x: Tensor
     y: Tensor
+
+
+def perturb_parts(parts: tuple[Part, ...], shift_norm: float, seed: int | Sequence[int]) -> tuple[Part, ...]:
+    """Copies of ``parts`` (public, private, test) with Gaussian feature noise of norm ≈ β r (β = ``shift_norm``).
+
+    δ_i ~ N(0, s² I_D), s = β r/√D, independently for every sample of every part; r is the RMS
+    distance of the *private* part (``parts[1]``) from its mean, so β is in units of the features'
+    own spread. float64 noise is added to the features in their own dtype's promotion (float64 out).
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(4000, 50, generator=g, dtype=torch.float64)
+        >>> parts = tuple(Part(x, torch.zeros(4000, dtype=torch.long)) for _ in range(3))
+        >>> out = perturb_parts(parts, 0.5, seed=1)
+        >>> r = (x - x.mean(0)).square().sum(1).mean().sqrt()
+        >>> round(float((out[1].x - x).square().sum(1).mean().sqrt() / r), 2)
+        0.5
+    """
+    private = parts[1].x.double()
+    radius = float((private - private.mean(0)).square().sum(1).mean().sqrt())
+    std = shift_norm * radius / math.sqrt(private.shape[1])
+    state = np.random.SeedSequence(seed).generate_state(1, dtype=np.uint64)[0]
+    gen = torch.Generator().manual_seed(int(state) & (2**63 - 1))
+    return tuple(Part(part.x.double() + std * torch.randn(part.x.shape, generator=gen, dtype=torch.float64), part.y)
+                 for part in parts)
 
 
 def _stratified(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

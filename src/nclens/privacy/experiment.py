@@ -328,7 +328,22 @@ class ThresholdExperiment(_DPExperiment):
 
 # ------------------------------------------------------------------------------------- dp-features
 def _feature_sets(config: FeaturesConfig, run: RunFolder, *, resume: bool, progress: bool):  # noqa: ANN202
-    """Yield (name, public, private, test) for every feature set (pre-training first when needed)."""
+    """Yield (name, public, private, test, extra) for every feature set and, after each, its perturbed copies."""
+    import zlib
+
+    from nclens.privacy.data import perturb_parts
+
+    for name, public, private, test, extra in _base_feature_sets(config, run, resume=resume, progress=progress):
+        yield name, public, private, test, extra
+        for q in config.perturbations:
+            seed = [int(extra["split"]), zlib.crc32(name.encode()), zlib.crc32(q.name.encode())]
+            parts = perturb_parts((public, private, test), q.shift_norm, seed)
+            yield f"{name}~{q.name}", *parts, {**extra, "base_set": name, "perturbation": q.name,
+                                               "perturbation_shift_norm": q.shift_norm}
+
+
+def _base_feature_sets(config: FeaturesConfig, run: RunFolder, *, resume: bool, progress: bool):  # noqa: ANN202
+    """Yield (name, public, private, test, extra) for every feature set (pre-training first when needed)."""
     from nclens.privacy.data import (
         Part,
         build_mlp,
@@ -434,7 +449,8 @@ class FeaturesExperiment(_DPExperiment):
         recorded = {(r["feature_set"], r.get("split")) for r in run.read_jsonl(FEATURES)}
         levels = [("nonprivate", None)] + [(a, e) for a in heads.algorithms for e in heads.epsilons]
         levels.insert(1, ("logreg", None))  # deterministic: one cell, at the first head seed
-        sets = len(config.pretrain.checkpoints) + len(config.files) * len(config.split.split_seeds)
+        sets = (len(config.pretrain.checkpoints) + len(config.files) * len(config.split.split_seeds)) * (
+            1 + len(config.perturbations))
         total = sets * len(config.remedies) * ((len(levels) - 1) * len(heads.seeds) + 1)
         with progress_bar(progress, "private heads", total) as advance:
             for name, public, private, test, extra in _feature_sets(config, run, resume=resume, progress=progress):
