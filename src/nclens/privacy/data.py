@@ -48,7 +48,7 @@ def perturb_parts(parts: tuple[Part, ...], shift_norm: float, seed: int | Sequen
 
     δ_i ~ N(0, s² I_D), s = β r/√D, independently for every sample of every part; r is the RMS
     distance of the *private* part (``parts[1]``) from its mean, so β is in units of the features'
-    own spread. float64 noise is added to the features in their own dtype's promotion (float64 out).
+    own spread. The copies are float64.
 
     Example:
         >>> import torch

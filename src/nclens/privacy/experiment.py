@@ -229,23 +229,24 @@ def _paired_gaps(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> N
 
     Seed s draws the same ETF orientation, W₀ and structured shifts at every p, so the per-seed
     differences d_s remove that variation: gap = mean_s d_s, gap_se = max(sd(d)/√S, the Monte Carlo
-    floor √(mc(p)² + mc(p_max)²)/√S) — the floor keeps three nearly equal d_s from claiming a
+    floor √(mc(p)² + mc(p_max)²)/√S) — the floor keeps a few nearly equal d_s from claiming a
     precision the 'trials' noise draws do not have.
     """
-    by_seed = {(r["variant"], r["beta"], r["dim"], r["seed"]): r for r in records}
-    top = {}
+    cells: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)  # (variant, β, p) -> seed -> record
+    for rec in records:
+        cells[(rec["variant"], rec["beta"], rec["dim"])][rec["seed"]] = rec
+    top: dict[tuple, int] = {}
     for r in rows:
         key = (r["variant"], r["beta"])
         top[key] = max(top.get(key, r["dim"]), r["dim"])
     for r in rows:
         ref_p = top[(r["variant"], r["beta"])]
-        seeds = sorted({k[3] for k in by_seed if k[:3] == (r["variant"], r["beta"], r["dim"])}
-                       & {k[3] for k in by_seed if k[:3] == (r["variant"], r["beta"], ref_p)})
+        here, ref = cells[(r["variant"], r["beta"], r["dim"])], cells[(r["variant"], r["beta"], ref_p)]
+        seeds = sorted(here.keys() & ref.keys())
         if not seeds:
             r["gap"] = r["gap_se"] = None
             continue
-        pairs = [(by_seed[(r["variant"], r["beta"], r["dim"], s)], by_seed[(r["variant"], r["beta"], ref_p, s)])
-                 for s in seeds]
+        pairs = [(here[s], ref[s]) for s in seeds]
         diffs = [a["error"] - b["error"] for a, b in pairs]
         mc = math.sqrt(float(np.mean([(a["error_stderr"] or 0.0) ** 2 + (b["error_stderr"] or 0.0) ** 2
                                       for a, b in pairs])) / len(seeds))
@@ -447,8 +448,8 @@ class FeaturesExperiment(_DPExperiment):
         keys = ("feature_set", "split", "remedy", "algorithm", "epsilon", "seed")
         done = _cells(run, keys)
         recorded = {(r["feature_set"], r.get("split")) for r in run.read_jsonl(FEATURES)}
-        levels = [("nonprivate", None)] + [(a, e) for a in heads.algorithms for e in heads.epsilons]
-        levels.insert(1, ("logreg", None))  # deterministic: one cell, at the first head seed
+        # the two non-private references (logreg is deterministic: one cell, at the first head seed), then DP
+        levels = [("nonprivate", None), ("logreg", None)] + [(a, e) for a in heads.algorithms for e in heads.epsilons]
         sets = (len(config.pretrain.checkpoints) + len(config.files) * len(config.split.split_seeds)) * (
             1 + len(config.perturbations))
         total = sets * len(config.remedies) * ((len(levels) - 1) * len(heads.seeds) + 1)

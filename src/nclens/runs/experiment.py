@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import importlib
 import importlib.resources
@@ -100,8 +101,8 @@ class ReportContent:
     notes: list[str] = field(default_factory=list)
 
 
-class Experiment:
-    """Base class of every registered experiment (see the module docstring)."""
+class Experiment(abc.ABC):
+    """Base class of every registered experiment (see the module docstring); a kind implements :meth:`run`."""
 
     kind: ClassVar[str] = ""
     config_class: ClassVar[type] = object
@@ -110,13 +111,13 @@ class Experiment:
     #: result-file keys that hold wall-clock times (the only fields a resumed run may change)
     timing_fields: ClassVar[tuple[str, ...]] = ("seconds",)
 
-    def check(self, config: Any) -> None:
+    def check(self, config: Any) -> None:  # noqa: B027 - an optional hook: the default checks nothing
         """Checks that need more than the config's types; raise ValueError/FileNotFoundError. Default: none."""
 
+    @abc.abstractmethod
     def run(self, config: Any, run: RunFolder, *, resume: bool, progress: bool,
             log: Callable[[str], None]) -> dict[str, Any]:
         """Do the work in ``run``; return the results for ``summary.json``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement run()")
 
     def figures(self, run: RunFolder) -> dict[str, Path]:
         """Draw the figures from the run folder's files; default: none."""
